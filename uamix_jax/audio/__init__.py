@@ -1,0 +1,1 @@
+"""Audio in: decoding and resampling, Kaldi-exact filterbanks, AudioMAE input post-processing."""
