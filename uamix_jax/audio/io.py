@@ -1,11 +1,13 @@
 """Decoding audio files into 16 kHz mono float32 waveforms.
 
 AudioMAE itself never resamples (its data must already be 16 kHz mono); this project accepts any sample rate and
-channel count and converts on load: channels are averaged, the rate is changed with soxr (the resampler librosa uses).
+channel count and converts on load: channels are averaged, the rate is changed with soxr at librosa's default
+quality ('soxr_hq'). Integer PCM is scaled to [-1, 1) as torchaudio.load does (int16 / 32768).
 """
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import soundfile as sf
@@ -28,39 +30,45 @@ def _decode(path: str) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
         return data, int(sr)
-    except sf.LibsndfileError as sf_error:
+    except (sf.LibsndfileError, RuntimeError, TypeError) as sf_error:  # RuntimeError: older soundfile releases
         first_error = sf_error
-    except RuntimeError as sf_error:  # older soundfile raised RuntimeError
-        first_error = sf_error
-    try:  # formats libsndfile cannot read (e.g. m4a) go through audioread when a backend exists
+    try:  # formats libsndfile cannot read (e.g. m4a) go through audioread when a backend (ffmpeg, ...) exists
         import librosa
 
-        data, sr = librosa.load(path, sr=None, mono=False, dtype=np.float32)
-        data = np.atleast_2d(data).T
-        return data, int(sr)
-    except Exception:  # noqa: BLE001 - any decoder failure is reported with libsndfile's reason
-        raise AudioLoadError(path, f"cannot be decoded ({first_error})") from first_error
+        with warnings.catch_warnings():  # librosa warns about the soundfile failure we already hold
+            warnings.simplefilter("ignore")
+            data, sr = librosa.load(path, sr=None, mono=False, dtype=np.float32)
+        return np.atleast_2d(data).T, int(sr)
+    except Exception:  # noqa: BLE001 - any fallback failure is reported with libsndfile's reason
+        raise AudioLoadError(
+            path, f"cannot be decoded as audio ({first_error}); check that it is a complete audio file "
+            "(wav, flac, ogg, mp3, ...)") from first_error
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = SAMPLE_RATE) -> np.ndarray:
     """Decodes `path` to a float32 mono waveform at `sample_rate` (None keeps the file's rate).
 
-    Returns a 1-D array in [-1, 1] (for integer formats). Raises `AudioLoadError` naming the file when it is
-    missing, cannot be decoded, holds no samples, or holds NaN/inf samples.
+    Contract: mono = mean over channels; resampled with soxr (HQ) when the file's rate differs; returns a 1-D
+    contiguous float32 array of about len * sample_rate / file_rate samples. Raises `AudioLoadError` (a ValueError
+    with `.path` and `.reason`) when the file is missing, a directory, empty (0 bytes), undecodable (e.g. garbage
+    bytes or a truncated header), holds zero samples after decoding, or holds NaN/inf samples.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AudioLoadError(path, "file not found")
+    if os.path.isdir(path):
+        raise AudioLoadError(path, "is a directory, not an audio file")
     if os.path.getsize(path) == 0:
         raise AudioLoadError(path, "empty file (0 bytes)")
     data, sr = _decode(path)
     if data.size == 0:
         raise AudioLoadError(path, "no audio samples after decoding (zero length)")
     if not np.all(np.isfinite(data)):
-        raise AudioLoadError(path, "contains NaN or infinite samples")
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise AudioLoadError(path, f"contains {bad} NaN or infinite samples")
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if sample_rate is not None and sr != sample_rate:
-        wave = soxr.resample(wave, sr, sample_rate, quality="HQ").astype(np.float32)
+        wave = soxr.resample(wave, sr, sample_rate, quality="HQ")
         if wave.size == 0:
             raise AudioLoadError(path, f"no samples left after resampling {sr} Hz -> {sample_rate} Hz")
     return np.ascontiguousarray(wave, dtype=np.float32)
