@@ -129,7 +129,7 @@ def test_matches_torchaudio(reference, name):
 def test_real_bell_has_12_frames_and_matches(reference):
     wave = reference["wave_real_bell"]
     assert len(wave) < 0.15 * SR
-    out = np.asarray(kaldi_fbank(wave - wave.mean()))
+    out = np.asarray(fbank_jit(wave - wave.mean()))
     assert out.shape == (12, 128)
     assert_fbank_close(out, reference["fbank_real_bell"])
 
@@ -190,7 +190,7 @@ def test_other_options_match_float64_oracle(options):
 
 
 def test_jit_and_eager_agree():
-    wave = np.stack([SIGNALS["chirp_10s"], SIGNALS["noise_10s"]])
+    wave = np.stack([SIGNALS["chirp_10s"][:3 * SR], SIGNALS["noise_10s"][:3 * SR]])
     assert_fbank_close(kaldi_fbank(wave), jax.jit(kaldi_fbank)(wave))
 
 

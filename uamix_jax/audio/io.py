@@ -26,19 +26,24 @@ class AudioLoadError(ValueError):
 
 
 def _decode(path: str) -> tuple[np.ndarray, int]:
-    """Returns (samples [N, C] float32, sample rate); libsndfile first, then librosa's audioread fallback."""
+    """Returns (samples [N, C] float32, sample rate); libsndfile first, then audioread (librosa's fallback)."""
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
         return data, int(sr)
     except (sf.LibsndfileError, RuntimeError, TypeError) as sf_error:  # RuntimeError: older soundfile releases
         first_error = sf_error
-    try:  # formats libsndfile cannot read (e.g. m4a) go through audioread when a backend (ffmpeg, ...) exists
-        import librosa
+    # Formats libsndfile cannot read (m4a, aac, ...) decode through audioread when it finds a backend such as
+    # ffmpeg. audioread directly, not librosa.load: importing librosa costs seconds in every data-loader worker.
+    try:
+        with warnings.catch_warnings():  # its raw backend imports stdlib modules deprecated in Python 3.11
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import audioread
 
-        with warnings.catch_warnings():  # librosa warns about the soundfile failure we already hold
-            warnings.simplefilter("ignore")
-            data, sr = librosa.load(path, sr=None, mono=False, dtype=np.float32)
-        return np.atleast_2d(data).T, int(sr)
+        with audioread.audio_open(path) as decoder:
+            sr, channels = int(decoder.samplerate), int(decoder.channels)
+            pcm = b"".join(decoder)  # 16-bit little-endian interleaved
+        data = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        return data.reshape(-1, max(channels, 1)), sr
     except Exception:  # noqa: BLE001 - any fallback failure is reported with libsndfile's reason
         raise AudioLoadError(
             path, f"cannot be decoded as audio ({first_error}); check that it is a complete audio file "
