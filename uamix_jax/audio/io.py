@@ -35,13 +35,13 @@ def _decode(path: str) -> tuple[np.ndarray, int]:
     # Formats libsndfile cannot read (m4a, aac, ...) decode through audioread when it finds a backend such as
     # ffmpeg. audioread directly, not librosa.load: importing librosa costs seconds in every data-loader worker.
     try:
-        with warnings.catch_warnings():  # its raw backend imports stdlib modules deprecated in Python 3.11
+        with warnings.catch_warnings():  # its raw backend imports stdlib modules deprecated since Python 3.11
             warnings.simplefilter("ignore", DeprecationWarning)
             import audioread
 
-        with audioread.audio_open(path) as decoder:
-            sr, channels = int(decoder.samplerate), int(decoder.channels)
-            pcm = b"".join(decoder)  # 16-bit little-endian interleaved
+            with audioread.audio_open(path) as decoder:
+                sr, channels = int(decoder.samplerate), int(decoder.channels)
+                pcm = b"".join(decoder)  # 16-bit little-endian interleaved
         data = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         return data.reshape(-1, max(channels, 1)), sr
     except Exception:  # noqa: BLE001 - any fallback failure is reported with libsndfile's reason
