@@ -47,6 +47,8 @@ def kaldi_mel_banks(num_mel_bins: int, padded_window_size: int, sample_rate: flo
     H[k, m] = max(0, min((mel_k - l_m) / (c_m - l_m), (r_m - mel_k) / (r_m - c_m))) for k < n_fft / 2 and 0 on the
     Nyquist row, with l_m, c_m, r_m = mel_low + (m, m + 1, m + 2) * (mel_high - mel_low) / (num_mel_bins + 1).
     """
+    if num_mel_bins < 1:
+        raise ValueError(f"kaldi_fbank: num_mel_bins must be >= 1, got {num_mel_bins}")
     nyquist = 0.5 * sample_rate
     if high_freq <= 0.0:
         high_freq += nyquist
