@@ -36,7 +36,7 @@ def soft_targets(lam: jax.Array | float, perm: jax.Array, *, axis_name: str | No
     `lam`: a scalar or [B] (each sample's group λ, as returned by `mix_groups`); `perm` [B] int. With `axis_name`,
     lam and perm are the device's local values, perm indexing the local batch; they are all-gathered (perm offset
     to global indices) and the global [B_g, B_g] matrix, block-diagonal when mixing stays within devices, is
-    returned on every device.
+    returned on every device (typed invariant over the axis).
     """
     chex.assert_rank(perm, 1)
     chex.assert_type(perm, int)
@@ -44,8 +44,9 @@ def soft_targets(lam: jax.Array | float, perm: jax.Array, *, axis_name: str | No
     lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (batch,))
     if axis_name is not None:
         perm = perm + jax.lax.axis_index(axis_name) * batch
-        lam = jax.lax.all_gather(lam, axis_name, tiled=True)
-        perm = jax.lax.all_gather(perm, axis_name, tiled=True)
+        # 'invarying': Y is then typed as the same on every device (shard_map out_specs P() accepts it).
+        lam = jax.lax.all_gather(lam, axis_name, tiled=True, to="invarying")
+        perm = jax.lax.all_gather(perm, axis_name, tiled=True, to="invarying")
         batch = perm.shape[0]
     eye = jnp.eye(batch, dtype=jnp.float32)
     partner = jax.nn.one_hot(perm, batch, dtype=jnp.float32)

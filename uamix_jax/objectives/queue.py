@@ -70,10 +70,11 @@ def update_queue(
     rows = l2_normalize(jax.lax.stop_gradient(z).astype(jnp.float32)).astype(queue.dtype)
     ids = ids.astype(queue_ids.dtype)
     if axis_name is not None:
-        rows = jax.lax.all_gather(rows, axis_name, tiled=True)
-        ids = jax.lax.all_gather(ids, axis_name, tiled=True)
+        # 'invarying': a replicated queue stays typed as replicated, so the trainer's out_specs can be P().
+        gather = lambda v: jax.lax.all_gather(v, axis_name, tiled=True, to="invarying")  # noqa: E731
+        rows, ids = gather(rows), gather(ids)
         if labels is not None:
-            labels = jax.lax.all_gather(labels, axis_name, tiled=True)
+            labels = gather(labels)
     # Modular indices keep the write correct even for a ptr that is not a multiple of B (a queue restored from a
     # run with another batch size).
     index = (ptr + jnp.arange(batch, dtype=ptr.dtype)) % size
