@@ -10,14 +10,21 @@ Last line: `objective step: <ms> ms`.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
+try:
+    import uamix_jax  # noqa: F401
+except ImportError:  # run from a source checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uamix_jax.objectives.losses import soft_nnclr_loss, soft_targets
-from uamix_jax.objectives.neighbours import nearest_neighbour
-from uamix_jax.objectives.queue import init_queue, update_queue
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from uamix_jax.objectives.losses import soft_nnclr_loss, soft_targets  # noqa: E402
+from uamix_jax.objectives.neighbours import nearest_neighbour  # noqa: E402
+from uamix_jax.objectives.queue import init_queue, update_queue  # noqa: E402
 
 
 def make_step(top_k: int):
