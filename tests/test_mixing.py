@@ -33,7 +33,7 @@ def draw_many(fn, n=N_DRAWS, x=None):
     return np.asarray(jax.jit(jax.vmap(lambda k: fn(k, x)[1]))(keys), np.float64)
 
 
-# ---- λ ~ Beta(α, α) ---------------------------------------------------------------------------------------------------
+# ---- λ ~ Beta(α, α) -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("alpha", [1.0, 0.4, 2.0])
 def test_sample_lambda_is_beta_alpha_alpha(alpha):
     keys = jax.random.split(jax.random.key(7), N_DRAWS)

@@ -247,3 +247,15 @@ def test_top_k_lookup_with_global_first_index_equals_single_device(mesh):
     got = per_device(z, queue, queue_ids, ids, key)
     want = jax.jit(partial(nearest_neighbour_with_index, top_k=5))(z, queue, queue_ids, ids, key=key)[1]
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_without_check_vma_input_cotangents_are_scaled_by_the_axis_size(mesh):
+    """What the losses' docstring says about check_vma=False: psum transposes to psum, so input grads are n×."""
+    p_a, p_b, nn_a, nn_b, _, _ = loss_inputs(7)
+
+    @sharded(mesh, (P(AXIS),) * 4, P(AXIS), check_vma=False)
+    def per_device(p_a, p_b, nn_a, nn_b):
+        return jax.grad(lambda a: nnclr_loss(a, p_b, nn_a, nn_b, axis_name=AXIS))(p_a)
+
+    want = jax.jit(jax.grad(lambda a: nnclr_loss(a, p_b, nn_a, nn_b)))(p_a)
+    close(per_device(p_a, p_b, nn_a, nn_b), N_DEV * want)

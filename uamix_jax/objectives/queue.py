@@ -43,7 +43,9 @@ def update_queue(
     multiple of B_g. z is taken with stop_gradient.
     """
     if (labels is None) != (queue_labels is None):
-        raise ValueError("update_queue: pass both labels= (the batch's [B]) and queue_labels= (the queue's [K]), or neither")
+        raise ValueError(
+            "update_queue: pass both labels= (the batch's [B]) and queue_labels= (the queue's [K]), or neither"
+        )
     ptr = jnp.asarray(ptr)
     chex.assert_rank([queue, queue_ids, z, ids], [2, 1, 2, 1])
     chex.assert_type([queue, queue_ids, z, ids, ptr], [float, int, float, int, int])
