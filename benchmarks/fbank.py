@@ -4,10 +4,10 @@
 
 Same work on both sides: 16 kHz float32 clips in host memory -> log-mel [998, 80] per clip, AudioMAE's frame options
 (knf: dither 0, symmetric 'hanning' window; the two agree to 1e-3, see tests/test_fbank.py). JAX is timed after
-compilation, from the numpy batch to a ready device array (block_until_ready), best of --repeats. knf is timed from
-Python lists prepared outside the timer (its fastest input path) to a numpy array per clip, best of --repeats; it
-runs in one thread, so a second knf figure uses one worker process per CPU core (data parallel, start-up
-excluded).
+compilation, from the numpy batch to a ready device array (block_until_ready). knf is timed from Python lists
+prepared outside the timer (its fastest input path) to a numpy array per clip. Each figure is the best of --repeats,
+with the repeats of all contenders interleaved. knf runs in one thread, so a second knf figure uses one worker
+process per CPU core (data parallel, start-up excluded).
 The last line is the ratio against single-process knf at 80 bins, the figure the issue's target (>= 2x) refers to.
 """
 from __future__ import annotations
@@ -47,13 +47,10 @@ def _knf_range(bounds: tuple[int, int]) -> int:
     return sum(_knf_one(_CLIPS[i], 80).shape[0] for i in range(*bounds))
 
 
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -73,16 +70,21 @@ def main() -> None:
     print(f"{args.clips} clips x {args.seconds:g} s, jax {jax.__version__} on {jax.devices()[0].device_kind}, "
           f"{cores} CPU cores (machine shared with other jobs: figures are noisy)")
 
-    jax_times = {}
-    for bins in (80, 128):
-        fbank = jax.jit(lambda x, bins=bins: kaldi_fbank(x, num_mel_bins=bins))
+    fbanks = {bins: jax.jit(lambda x, bins=bins: kaldi_fbank(x, num_mel_bins=bins)) for bins in (80, 128)}
+    for fbank in fbanks.values():
         fbank(waves).block_until_ready()  # compile
-        jax_times[bins] = _best(lambda: fbank(waves).block_until_ready(), args.repeats)
+    _worker_init(waves)
+    # interleaved repeats, so that load from other jobs on a shared machine hits every contender alike
+    runs = {80: [], 128: [], "knf": []}
+    for _ in range(args.repeats):
+        for bins, fbank in fbanks.items():
+            runs[bins].append(_time(lambda: fbank(waves).block_until_ready()))
+        runs["knf"].append(_time(lambda: [_knf_one(w, 80) for w in _CLIPS]))
+    jax_times = {bins: min(runs[bins]) for bins in fbanks}
+    knf_time = min(runs["knf"])
+    for bins in fbanks:
         print(f"kaldi_fbank (jax, {bins} bins): {jax_times[bins] * 1e3:.1f} ms, "
               f"{audio_seconds / jax_times[bins]:.0f}x real time")
-
-    _worker_init(waves)
-    knf_time = _best(lambda: [_knf_one(w, 80) for w in _CLIPS], max(2, args.repeats // 2))
     print(f"kaldi-native-fbank (1 process, 80 bins): {knf_time * 1e3:.1f} ms, {audio_seconds / knf_time:.0f}x real time")
     if cores > 1:
         chunks = np.array_split(np.arange(args.clips), cores)
@@ -90,7 +92,7 @@ def main() -> None:
         # spawn, not fork: forking a process that runs JAX's thread pools can deadlock
         with multiprocessing.get_context("spawn").Pool(cores, _worker_init, (waves,)) as pool:
             pool.map(_knf_range, bounds)  # start the workers before timing
-            knf_par = _best(lambda: pool.map(_knf_range, bounds), max(2, args.repeats // 2))
+            knf_par = min(_time(lambda: pool.map(_knf_range, bounds)) for _ in range(max(2, args.repeats // 2)))
         print(f"kaldi-native-fbank ({cores} processes, 80 bins): {knf_par * 1e3:.1f} ms "
               f"(kaldi_fbank: {knf_par / jax_times[80]:.1f}x)")
     print(f"kaldi_fbank at 128 bins vs kaldi-native-fbank at 80: {knf_time / jax_times[128]:.1f}x")
