@@ -15,13 +15,19 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import sys
 import time
 
-import jax
-import kaldi_native_fbank as knf
-import numpy as np
+try:
+    import uamix_jax  # noqa: F401
+except ImportError:  # run from a source checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from uamix_jax.audio.fbank import kaldi_fbank
+import jax  # noqa: E402
+import kaldi_native_fbank as knf  # noqa: E402
+import numpy as np  # noqa: E402
+
+from uamix_jax.audio.fbank import kaldi_fbank  # noqa: E402
 
 SR = 16000
 _CLIPS: list[list[float]] = []  # this process's clips as Python lists, knf's input type
