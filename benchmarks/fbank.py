@@ -91,7 +91,8 @@ def main() -> None:
     for bins in fbanks:
         print(f"kaldi_fbank (jax, {bins} bins): {jax_times[bins] * 1e3:.1f} ms, "
               f"{audio_seconds / jax_times[bins]:.0f}x real time")
-    print(f"kaldi-native-fbank (1 process, 80 bins): {knf_time * 1e3:.1f} ms, {audio_seconds / knf_time:.0f}x real time")
+    print(f"kaldi-native-fbank (1 process, 80 bins): {knf_time * 1e3:.1f} ms, "
+          f"{audio_seconds / knf_time:.0f}x real time")
     if cores > 1:
         chunks = np.array_split(np.arange(args.clips), cores)
         bounds = [(int(c[0]), int(c[-1]) + 1) for c in chunks if len(c)]
