@@ -1,4 +1,4 @@
-"""The synthetic demo dataset: class count, determinism, odd formats, distinct classes, readable by the folder reader."""
+"""The synthetic demo dataset: class count, determinism, odd formats, distinct classes, read by the folder reader."""
 import os
 
 import numpy as np

@@ -24,6 +24,10 @@ def samples(i: int) -> np.ndarray:
 class UamixTinyAudio(tfds.core.GeneratorBasedBuilder):
     """Seven int16 clips at 16 kHz with a top-level and a nested class label."""
 
+    # tensorflow-datasets 4.9.10 locates a builder defined in a dotted module (pytest names this one
+    # 'tests.test_tfds_source') through the `importlib_resources` backport, which current etils no longer installs;
+    # a one-part module name takes its plain-file fallback.
+    __module__ = "uamix_tiny_audio_builder"
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):

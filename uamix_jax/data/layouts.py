@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from uamix_jax.data.manifest import (
-    DatasetLayoutError, Manifest, build_manifest, common_prefix, list_audio_files, read_csv_rows,
+    DatasetLayoutError, Manifest, build_manifest, common_prefix, read_csv_rows,
     read_folder, read_manifest_csv, require_dir, require_file)
 
 ESC50_HEADER = "filename,fold,target,category,esc10,src_file,take"
@@ -40,7 +40,8 @@ def read_esc50(root: str, *, esc10: bool = False) -> Manifest:
         class_names = [names[t] for t in targets]
     else:
         if targets != list(range(len(targets))):
-            raise DatasetLayoutError(f"{root}/meta/esc50.csv: targets should be 0..{len(targets) - 1}, got {targets[:10]}")
+            raise DatasetLayoutError(f"{root}/meta/esc50.csv: targets should be 0..{len(targets) - 1}, "
+                                     f"got {targets[:10]}")
         remap = {t: t for t in targets}
         class_names = [names[t] for t in targets]
     return build_manifest(
@@ -168,8 +169,8 @@ def read_fsdkaggle2018(root: str, *, verified_only: bool = False) -> Manifest:
     """
     root = os.path.abspath(root)
     meta = _first_dir(root, ["FSDKaggle2018.meta", "meta"], "FSDKaggle2018.meta/ with the two CSVs")
-    train_rows = read_csv_rows(os.path.join(meta, "train_post_competition.csv"), ["fname", "label", "manually_verified"],
-                               expected_header=FSDK18_TRAIN_HEADER)
+    train_rows = read_csv_rows(os.path.join(meta, "train_post_competition.csv"),
+                               ["fname", "label", "manually_verified"], expected_header=FSDK18_TRAIN_HEADER)
     test_rows = read_csv_rows(os.path.join(meta, "test_post_competition_scoring_clips.csv"), ["fname", "label"],
                               expected_header=FSDK18_TEST_HEADER)
     if verified_only:
@@ -195,7 +196,7 @@ def read_dataset(name: str, root: str, **options: Any) -> Manifest:
         return read_audioset(root, **options)
     if name == "tfds":
         from uamix_jax.data.tfds_source import read_tfds
-        return read_tfds(root, **options)
+        return read_tfds(root or None, **options)  # an empty root means TFDS's default data_dir
     readers = {"esc50": read_esc50, "speechcommands": read_speechcommands, "nsynth": read_nsynth,
                "voxceleb1": read_voxceleb1, "fsdkaggle2018": read_fsdkaggle2018, "manifest": read_manifest_csv,
                "folder": read_folder}

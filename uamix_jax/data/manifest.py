@@ -139,7 +139,7 @@ class MultiLabels:
         lengths = ends - starts
         offsets = np.zeros((indices.shape[0] + 1,), dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        # Gather every selected run at once: position p of the output reads classes[starts[row(p)] + (p - offsets[row(p)])].
+        # Gather every selected run at once: output position p reads classes[starts[r] + p - offsets[r]], r = row(p).
         rows = np.repeat(np.arange(indices.shape[0]), lengths)
         gather = starts[rows] + (np.arange(offsets[-1]) - offsets[rows])
         return MultiLabels(offsets=offsets, classes=self.classes[gather], num_classes=self.num_classes)

@@ -233,15 +233,21 @@ def make_pipeline(source_or_manifest: Manifest | AudioSource, *, batch_size: int
                   num_epochs: int | None = None, on_bad_audio: str = "skip",
                   bad_audio_log: str | os.PathLike | BadAudioLog | None = None, sample_rate: int = 16000,
                   drop_remainder: bool = True, prefetch: int = 2, read_threads: int = 1) -> grain.DatasetIterator:
-    """A grain iterator of per-process batches (dicts of numpy arrays with fixed shapes):
+    """A grain iterator of per-process batches: dicts of numpy arrays with fixed shapes,
 
-    waveform float32 [b, clip_samples] (zero after `length`), length int32 [b], index int32 [b] (manifest row of
-    the clip delivered: the sample id), label int32 [b], mask bool [b] (False on padding rows).
+      waveform float32 [b, clip_samples] (zeros after `length`), length int32 [b] (valid samples),
+      index int32 [b] (manifest row of the clip delivered: the sample id), label int32 [b],
+      mask bool [b] (False on the padding rows of the last global batch when drop_remainder=False).
+
     train=True: reshuffled each epoch from `seed`, random crop keyed by (seed, epoch, index); train=False: manifest
-    order, centre crop. num_epochs=None repeats forever. `it.get_state()` is a JSON-serialisable dict and
-    `it.set_state(state)` on a freshly made pipeline resumes at the next batch. worker_count > 0 decodes in that many
-    grain processes. on_bad_audio='skip' replaces failing clips and records them in `bad_audio_log` (a path, or a
-    BadAudioLog whose `.count` the caller reads); 'error' raises the AudioLoadError naming the file and the reason.
+    order, centre crop. Shorter clips are zero padded. num_epochs=None repeats forever.
+    Resume: `it.get_state()` is a JSON-serialisable dict; `set_state(state)` on a pipeline made with the same
+    arguments (worker_count included: the state's format depends on it) continues at the next batch. orbax can
+    also store the iterator itself with `grain.checkpoint.CheckpointSave(it)`.
+    worker_count > 0 decodes and resamples in that many grain processes; call `it.close()` when done.
+    on_bad_audio='skip' replaces a failing clip by a seeded choice of another and records it in `bad_audio_log`
+    (a path, or a BadAudioLog whose `.count` the caller reads); 'error' raises a BadAudioError (an AudioLoadError)
+    naming the file and the reason. prefetch / read_threads: batches buffered and threads per process.
     """
     source = as_source(source_or_manifest)
     if on_bad_audio not in ("skip", "error"):
@@ -253,8 +259,12 @@ def make_pipeline(source_or_manifest: Manifest | AudioSource, *, batch_size: int
         raise ValueError(f"process_index {process_index} must lie in [0, process_count={process_count})")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs must be None (forever) or >= 1, got {num_epochs}")
     plan = BatchPlan(num_clips=len(source), batch_size=batch_size, process_index=process_index,
                      process_count=process_count, shuffle=train, seed=seed, drop_remainder=drop_remainder)
+    if plan.num_clips == 0:
+        raise ValueError("make_pipeline: the dataset holds no clips (check the manifest's filter and data.root)")
     if plan.batches_per_epoch == 0:
         raise ValueError(f"{len(source)} clips make no global batch of {plan.global_batch} ({batch_size} per process x "
                          f"{process_count} processes) with drop_remainder=True; lower the batch size or set "

@@ -108,8 +108,10 @@ class TfdsSource:
 
     def __init__(self, manifest: Manifest):
         if manifest.tfds is None or manifest.records is None:
-            raise ValueError(f"TfdsSource needs a TFDS manifest (from read_dataset('tfds', ...)), got {manifest.name!r}")
-        self.ref, self.records, self.labels, self.paths = manifest.tfds, manifest.records, manifest.labels, manifest.paths
+            raise ValueError(f"TfdsSource needs a TFDS manifest (from read_dataset('tfds', ...)), "
+                             f"got {manifest.name!r}")
+        self.ref, self.records = manifest.tfds, manifest.records
+        self.labels, self.paths = manifest.labels, manifest.paths
         self._ds: Any = None
         self._rate: int | None = None
 
