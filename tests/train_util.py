@@ -1,0 +1,41 @@
+"""Shared pieces of the training tests: the tiny config, synthetic batches, a fresh state."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import jax
+import numpy as np
+
+from uamix_jax.train import build
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str | None = None):
+    """configs/<name>.py's get_config(arg), imported by path (configs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"config_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def synthetic_batch(global_batch: int, clip_seconds: float, seed: int, num_classes: int = 4) -> dict[str, np.ndarray]:
+    """Global batch of tones + noise with distinct ids; the last two clips are shorter than the clip (zero padded)."""
+    rng = np.random.default_rng(seed)
+    n = int(round(clip_seconds * 16000))
+    t = np.arange(n) / 16000.0
+    labels = rng.integers(0, num_classes, global_batch).astype(np.int32)
+    freqs = 200.0 * (1 + labels[:, None]) * rng.uniform(0.9, 1.1, (global_batch, 1))
+    wave = 0.3 * np.sin(2 * np.pi * freqs * t) + 0.05 * rng.standard_normal((global_batch, n))
+    length = np.full(global_batch, n, np.int32)
+    length[-2:] = n // 2
+    wave[np.arange(n)[None, :] >= length[:, None]] = 0.0
+    index = (seed * 1000 + np.arange(global_batch)).astype(np.int32)
+    return {"waveform": wave.astype(np.float32), "length": length, "index": index, "label": labels}
+
+
+def fresh_state(config, total_steps: int = 10):
+    encoder, head = build.build_models(config)
+    state, labels, schedule = build.create_state(config, encoder, head, total_steps, jax.random.key(config.seed))
+    return encoder, head, state, labels
