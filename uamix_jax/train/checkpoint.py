@@ -63,10 +63,9 @@ def restore_state_dict(directory: str, step: int | None = None) -> dict[str, Any
     ckpt_dir = os.path.abspath(os.path.join(directory, "checkpoints"))
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"{directory} is not a training workdir: it has no checkpoints/ folder")
-    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step() if step is None else step
+    steps = sorted(int(name) for name in os.listdir(ckpt_dir) if name.isdigit())  # finished saves only
+    step = (steps[-1] if steps else None) if step is None else step
     if step is None:
         raise FileNotFoundError(f"{ckpt_dir} holds no finished checkpoint")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    manager.close()
-    return jax.tree.map(lambda x: jax.device_get(x), dict(restored["state"]))
+    restored = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))
+    return jax.tree.map(lambda x: jax.device_get(x), dict(restored))

@@ -54,7 +54,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     if config.stage == 2 and not config.init_from:
         runs["stage1"] = os.path.join(workdir, "stage1")
         train_and_evaluate(stage1_config(config), runs["stage1"])
-        print(f"demo stage 1 ({runs['stage1']}): {_last(runs['stage1'])}", flush=True)
+        print(f"demo stage1 ({runs['stage1']}): {_last(runs['stage1'])}", flush=True)
         with config.unlocked():
             config.init_from = runs["stage1"]
     name = f"stage{config.stage}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from typing import Any
 
@@ -33,6 +34,8 @@ from uamix_jax.train.step import (
 from uamix_jax.train.state import TrainState
 
 SAMPLE_RATE = 16000
+# Fault injection for the kill-and-resume test: after this step (and its pending checkpoint), SIGKILL ourselves.
+KILL_AT_STEP_ENV = "UAMIX_FAULT_KILL_AT_STEP"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -97,6 +100,21 @@ def _check_finite(history: list[tuple[int, jax.Array]], checkpointer: Checkpoint
             f"{checkpointer.directory} (kept intact). Lower config.optim.lr, check the data for silent or broken "
             f"clips, or use config.dtype='float32'.")
     history.clear()
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_params(state: TrainState, step: int, checkpointer: Checkpointer) -> None:
+    """A checkpoint is only written from finite parameters (the loss of step s has not seen step s's update)."""
+    if not bool(_all_finite(state.params)):
+        checkpointer.wait()
+        raise NonFiniteLossError(
+            f"parameters are not finite after step {step}; training stopped without saving them. The last good "
+            f"checkpoint is step {checkpointer.latest_step()} in {checkpointer.directory} (kept intact). Lower "
+            f"config.optim.lr or check the data.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -180,8 +198,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             tick, tick_step = now, step
         if step % t.checkpoint_every == 0 or is_last:
             _check_finite(history, checkpointer)
+            _check_params(state, step, checkpointer)
             checkpointer.save(step, state, pipeline, force=is_last)
         bar.update(1)
+        if os.environ.get(KILL_AT_STEP_ENV) == str(step):
+            checkpointer.wait()
+            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     checkpointer.close()
     writer.close()

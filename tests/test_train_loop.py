@@ -1,0 +1,105 @@
+"""The training loop end to end: kill and resume, NaN stop, the demo pipeline."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from tests.train_util import ROOT, load_config
+from uamix_jax.data.demo import make_demo_dataset
+from uamix_jax.train.checkpoint import Checkpointer, restore_state_dict
+from uamix_jax.train.loop import KILL_AT_STEP_ENV, NonFiniteLossError, train_and_evaluate
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    return make_demo_dataset(tmp_path_factory.mktemp("data") / "folder", num_classes=4, clips_per_class=8,
+                             seconds=1.5, odd_formats=False)
+
+
+def _main(workdir, data_root, *extra, env_extra=None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "uamix_jax.main", "--config=configs/test.py:stage2", f"--workdir={workdir}",
+           f"--config.data.root={data_root}", "--config.train.total_steps=7", "--config.train.checkpoint_every=2",
+           *extra]
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.environ["UAMIX_TEST_JAX_CACHE"], **(env_extra or {}))
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _flat(tree):
+    return {"/".join(map(str, k)): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def test_sigkill_and_resume_is_bitwise_identical(tmp_path, tiny_data):
+    straight = _main(tmp_path / "straight", tiny_data)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # killed after step 5: the checkpoint of step 4 is on disk, step 5's metrics line must be dropped on resume
+    killed = _main(tmp_path / "resumed", tiny_data, env_extra={KILL_AT_STEP_ENV: "5"})
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-3000:])
+    assert Checkpointer(str(tmp_path / "resumed")).latest_step() == 4
+    rows = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 5
+    resumed = _main(tmp_path / "resumed", tiny_data)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a = _flat(restore_state_dict(str(tmp_path / "straight")))
+    b = _flat(restore_state_dict(str(tmp_path / "resumed")))
+    assert a.keys() == b.keys()
+    assert int(a["step"]) == 7
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert (tmp_path / "straight" / "metrics.jsonl").read_text() == (tmp_path / "resumed" / "metrics.jsonl").read_text()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
+    """A NaN clip in the third batch: steps 1-2 are checkpointed, step 3's loss is NaN, nothing after is saved."""
+    from uamix_jax.train import loop
+
+    real, calls = loop.global_batch, []
+
+    def poisoned(local, mesh):
+        calls.append(1)
+        if len(calls) == 3:
+            local = dict(local, waveform=local["waveform"].copy())
+            local["waveform"][0, 1000] = np.nan
+        return real(local, mesh)
+
+    monkeypatch.setattr(loop, "global_batch", poisoned)
+    config = load_config("test", "stage1")
+    config.data.root = tiny_data
+    config.train.update(total_steps=5, checkpoint_every=1, log_every=2)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3.*last good checkpoint is step 2"):
+        train_and_evaluate(config, str(tmp_path / "w"))
+    assert Checkpointer(str(tmp_path / "w")).all_steps() == [1, 2]
+    saved = restore_state_dict(str(tmp_path / "w"))
+    assert int(saved["step"]) == 2
+    assert all(np.all(np.isfinite(v)) for v in _flat(saved["params"]).values())
+
+
+def test_non_finite_parameters_are_never_checkpointed(tmp_path, tiny_data):
+    config = load_config("test", "stage1")
+    config.data.root = tiny_data
+    config.train.update(total_steps=3, checkpoint_every=1, log_every=1)
+    config.optim.lr = float("inf")  # step 1's loss is finite, the parameters it produces are not
+    with pytest.raises(NonFiniteLossError, match=r"parameters are not finite after step 1.*checkpoint is step None"):
+        train_and_evaluate(config, str(tmp_path / "w"))
+    assert Checkpointer(str(tmp_path / "w")).all_steps() == []
+
+
+def test_demo_runs_both_stages_and_writes_checkpoints(tmp_path, capsys):
+    from uamix_jax.train.demo import run_demo
+
+    config = load_config("stage2", "demo")
+    config.train.update(total_steps=2, checkpoint_every=2, log_every=1, progress=False)
+    runs = run_demo(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert set(runs) == {"stage1", "stage2"}
+    for name, workdir in runs.items():
+        assert Checkpointer(workdir).latest_step() == 2, name
+        assert f"demo {name}" in out
+    assert len(os.listdir(tmp_path / "data")) == 8
