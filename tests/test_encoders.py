@@ -1,0 +1,143 @@
+"""load_encoder on a converted AudioMAE directory, a .pth, and training workdirs; its error messages."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from uamix_jax.evaluation.encoders import load_encoder, random_encoder
+from uamix_jax.models.vit import AudioMAEEncoder
+
+torch = pytest.importorskip("torch")
+
+
+def _fbank(batch, t, seed=0):
+    return (0.5 * np.random.default_rng(seed).standard_normal((batch, t, 128))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def audiomae_files(tmp_path_factory):
+    """A 'test'-size AudioMAE pretrained model at T = 1024 (as released): its .pth and its converted directory."""
+    from uamix_jax.interop import torch_audiomae as ta
+    from uamix_jax.interop.audiomae import convert_state_dict, save_converted
+
+    root = tmp_path_factory.mktemp("audiomae")
+    model = ta.randomize_(ta.MaskedAutoencoderViT(width=32, depth=4, num_heads=2, mlp_dim=64, target_length=1024,
+                                                  decoder_depth=1), seed=3).eval()
+    pth = root / "pretrained.pth"
+    ta.save_audiomae_checkpoint(model, pth)
+    variables, info = convert_state_dict({k: v.numpy() for k, v in model.state_dict().items()}, source=str(pth))
+    converted = save_converted(root / "converted", variables, info)
+    return model, str(pth), converted
+
+
+@pytest.mark.parametrize("which", ["converted", "pth"])
+def test_audiomae_checkpoint_matches_torch(audiomae_files, which):
+    model, pth, converted = audiomae_files
+    encoder, variables = load_encoder(converted if which == "converted" else pth)
+    assert isinstance(encoder, AudioMAEEncoder)
+    assert (encoder.width, encoder.depth, encoder.target_length, encoder.pooling) == (32, 4, 1024, "norm_mean")
+    x = _fbank(2, 1024)
+    with torch.no_grad():
+        _, ref = model(torch.from_numpy(x))
+    _, emb = encoder.apply(variables, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(emb), ref.numpy(), atol=1e-5)
+
+
+def test_audiomae_shorter_input_follows_the_posemb_policy(audiomae_files):
+    from uamix_jax.interop.audiomae import load_audiomae
+
+    _, _, converted = audiomae_files
+    x = jnp.asarray(_fbank(1, 128))
+    out = {}
+    for posemb in ("prefix", "audiomae"):
+        encoder, variables = load_encoder(converted, target_length=128, posemb=posemb)
+        assert (encoder.target_length, encoder.posemb) == (128, posemb)
+        ref_encoder, ref_variables = load_audiomae(converted, target_length=128, posemb=posemb)
+        out[posemb] = np.asarray(encoder.apply(variables, x)[1])
+        np.testing.assert_array_equal(out[posemb], np.asarray(ref_encoder.apply(ref_variables, x)[1]))
+    assert np.abs(out["prefix"] - out["audiomae"]).max() > 1e-3  # the two tables really differ at T = 128
+
+
+def _fake_workdir(path, size, target_length, steps_and_seeds, pooling="norm_mean"):
+    """A workdir as the trainer writes it: config.json + orbax checkpoints of a state dict via Checkpointer."""
+    from uamix_jax.train.checkpoint import Checkpointer
+
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"stage": 2, "model": {"size": size, "target_length": target_length, "pooling": pooling,
+                                         "posemb": "prefix", "remat": False}, "derived": {}}, f)
+    encoder = AudioMAEEncoder.from_size(size, target_length=target_length, pooling=pooling)
+    saved = {}
+    ckpt = Checkpointer(str(path), keep=3, async_save=False)
+    for step, seed in steps_and_seeds:
+        params = encoder.init(jax.random.key(seed), jnp.zeros((1, target_length, 128)))["params"]
+        head = {"projector": {"Dense_0": {"kernel": jnp.full((32, 8), float(seed))}}}
+        state = {"step": jnp.asarray(step), "params": {"encoder": params, "head": head},
+                 "queue": jnp.zeros((16, 8)), "opt_state": {"mu": jnp.zeros((3,))}}
+        ckpt.save(step, state, force=True)
+        saved[step] = params
+    ckpt.close()
+    return encoder, saved
+
+
+def test_training_workdir_loads_latest_checkpoint(tmp_path):
+    encoder_ref, saved = _fake_workdir(tmp_path / "stage2", "test", 128, [(10, 1), (20, 2)])
+    encoder, variables = load_encoder(str(tmp_path / "stage2"))
+    assert (encoder.width, encoder.depth, encoder.target_length) == (32, 4, 128)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 variables["params"], saved[20])
+    x = jnp.asarray(_fbank(2, 128, seed=1))
+    np.testing.assert_array_equal(np.asarray(encoder.apply(variables, x)[1]),
+                                  np.asarray(encoder_ref.apply({"params": saved[20]}, x)[1]))
+    assert not np.allclose(np.asarray(encoder.apply(variables, x)[1]),
+                           np.asarray(encoder_ref.apply({"params": saved[10]}, x)[1]))
+
+
+def test_training_workdir_pooling_and_length_override(tmp_path):
+    _fake_workdir(tmp_path / "w", "test", 128, [(1, 0)], pooling="fc_norm")
+    encoder, variables = load_encoder(str(tmp_path / "w"), target_length=256, dtype=jnp.bfloat16)
+    assert encoder.pooling == "fc_norm" and encoder.target_length == 256 and encoder.dtype == jnp.bfloat16
+    assert "fc_norm" in variables["params"]
+    _, emb = encoder.apply(variables, jnp.asarray(_fbank(1, 256)))
+    assert emb.dtype == jnp.float32 and emb.shape == (1, 32)
+
+
+def test_workdir_whose_config_disagrees_with_the_checkpoint(tmp_path):
+    _fake_workdir(tmp_path / "w", "test", 128, [(1, 0)])
+    with open(tmp_path / "w" / "config.json", "w") as f:
+        json.dump({"model": {"size": "tiny", "target_length": 128, "pooling": "norm_mean"}}, f)
+    with pytest.raises(ValueError, match=r"w: the checkpoint's encoder does not fit .*mis-shaped"):
+        load_encoder(str(tmp_path / "w"))
+
+
+def test_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere does not exist"):
+        load_encoder(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="random init"):
+        load_encoder("")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match=r"plain is neither a converted AudioMAE directory"):
+        load_encoder(str(tmp_path / "plain"))
+    (tmp_path / "demo" / "stage1" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"holds training workdirs \['stage1'\]"):
+        load_encoder(str(tmp_path / "demo"))
+    with pytest.raises(FileNotFoundError, match=r"stage1: a training workdir needs config.json"):
+        load_encoder(str(tmp_path / "demo" / "stage1"))
+    (tmp_path / "cfg_only").mkdir()
+    (tmp_path / "cfg_only" / "config.json").write_text(json.dumps({"model": {"size": "test", "target_length": 128,
+                                                                             "pooling": "norm_mean"}}))
+    with pytest.raises(FileNotFoundError, match=r"cfg_only: no finished checkpoint"):
+        load_encoder(str(tmp_path / "cfg_only"))
+
+
+def test_random_encoder_is_seeded():
+    e1, v1 = random_encoder("test", target_length=128, seed=0)
+    _, v2 = random_encoder("test", target_length=128, seed=0)
+    _, v3 = random_encoder("test", target_length=128, seed=1)
+    assert e1.target_length == 128
+    leaves = lambda v: np.concatenate([np.ravel(x) for x in jax.tree.leaves(v)])  # noqa: E731
+    np.testing.assert_array_equal(leaves(v1), leaves(v2))
+    assert not np.array_equal(leaves(v1), leaves(v3))
