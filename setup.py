@@ -34,6 +34,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",
+            "portpicker>=1.6",
             "hypothesis>=6.100",
             "kaldi-native-fbank>=1.20",
             "torch>=2.4",
