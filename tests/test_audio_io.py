@@ -118,3 +118,13 @@ def test_nan_samples(tmp_path):
     path = tmp_path / "nan.wav"
     sf.write(path, wave, SR, subtype="FLOAT")
     _expect_error(path, "3 NaN or infinite samples")
+
+
+def test_audio_load_error_survives_pickling():
+    import pickle
+
+    from uamix_jax.audio.io import AudioLoadError
+
+    err = pickle.loads(pickle.dumps(AudioLoadError("/x/a.wav", "empty file (0 bytes)")))
+    assert isinstance(err, AudioLoadError)
+    assert (err.path, err.reason, str(err)) == ("/x/a.wav", "empty file (0 bytes)", "/x/a.wav: empty file (0 bytes)")

@@ -24,6 +24,9 @@ class AudioLoadError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # survives pickling across data-loader worker processes
+        return type(self), (self.path, self.reason)
+
 
 def _decode(path: str) -> tuple[np.ndarray, int]:
     """Returns (samples [N, C] float32, sample rate); libsndfile first, then audioread (librosa's fallback)."""
