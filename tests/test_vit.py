@@ -1,4 +1,5 @@
 """The Flax AudioMAE encoder: shapes, parameter names, init, pooling, precision modes, drop path, remat."""
+import functools
 import math
 
 import jax
@@ -109,7 +110,7 @@ def test_init_like_mae():
 def test_norm_mean_pooling_and_fc_norm_pooling(test_model):
     enc, variables = test_model
     x = _fbank(3, seed=1)
-    tokens, emb = enc.apply(variables, x)
+    tokens, emb = jax.jit(enc.apply)(variables, x)
     assert tokens.shape == (3, 1 + 4 * 8, 32)
     # tokens come out of the final LayerNorm (scale 1, bias 0 at init): zero mean, unit variance per token
     np.testing.assert_allclose(np.asarray(tokens).mean(-1), 0, atol=1e-5)
@@ -121,7 +122,7 @@ def test_norm_mean_pooling_and_fc_norm_pooling(test_model):
     rng = np.random.default_rng(0)
     ft_vars["params"]["fc_norm"] = {"scale": jnp.asarray(rng.uniform(0.5, 1.5, 32), jnp.float32),
                                     "bias": jnp.asarray(rng.normal(size=32), jnp.float32)}
-    raw, ft_emb = ft.apply(ft_vars, x)
+    raw, ft_emb = jax.jit(ft.apply)(ft_vars, x)
     # the same trunk: the normed tokens of the first model are LayerNorm(raw tokens)
     raw = np.asarray(raw, np.float64)
     normed = (raw - raw.mean(-1, keepdims=True)) / np.sqrt(raw.var(-1, keepdims=True) + 1e-6)
@@ -161,7 +162,7 @@ def test_numpy_oracle_forward(test_model):
         h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
         z = z + h @ blk["mlp"]["fc2"]["kernel"] + blk["mlp"]["fc2"]["bias"]
     z = ln(z, p["norm"])
-    tokens, emb = enc.apply(variables, jnp.asarray(x, jnp.float32))
+    tokens, emb = jax.jit(enc.apply)(variables, jnp.asarray(x, jnp.float32))
     np.testing.assert_allclose(tokens, z, atol=2e-5)
     np.testing.assert_allclose(emb, z[:, 1:].mean(1), atol=2e-5)
 
@@ -190,7 +191,7 @@ def test_input_shape_errors(test_model):
 def test_bfloat16_compute_float32_params_and_outputs(test_model):
     enc, variables = test_model
     x = _fbank(2, seed=3)
-    ref_tokens, ref_emb = enc.apply(variables, x)
+    ref_tokens, ref_emb = jax.jit(enc.apply)(variables, x)
     bf = enc.clone(dtype=jnp.bfloat16)
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(bf.init(jax.random.key(0), x)))
     tokens, emb = jax.jit(bf.apply)(variables, x)
@@ -208,12 +209,13 @@ def test_drop_path_only_in_training():
     enc = AudioMAEEncoder.from_size("test", target_length=T_SMALL, drop_path_rate=0.5)
     x = _fbank(8, seed=4)
     variables = enc.init(jax.random.key(0), x)
-    eval_out = enc.apply(variables, x)[0]
-    np.testing.assert_array_equal(eval_out, enc.apply(variables, x, train=False)[0])
+    eval_out = jax.jit(enc.apply)(variables, x)[0]
+    np.testing.assert_array_equal(eval_out, jax.jit(functools.partial(enc.apply, train=False))(variables, x)[0])
     plain = AudioMAEEncoder.from_size("test", target_length=T_SMALL)
-    np.testing.assert_allclose(eval_out, plain.apply(variables, x)[0], atol=1e-6)
-    a = enc.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})[0]
-    b = enc.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})[0]
+    np.testing.assert_allclose(eval_out, jax.jit(plain.apply)(variables, x)[0], atol=1e-6)
+    train = jax.jit(functools.partial(enc.apply, train=True))
+    a = train(variables, x, rngs={"dropout": jax.random.key(1)})[0]
+    b = train(variables, x, rngs={"dropout": jax.random.key(2)})[0]
     assert float(jnp.abs(a - b).max()) > 1e-3
     # per-sample drop: with 4 blocks at rates 0..0.5 and 8 samples, some samples differ from the eval output
     changed = np.abs(np.asarray(a) - np.asarray(eval_out)).max(axis=(1, 2)) > 1e-6
@@ -246,5 +248,5 @@ def test_positional_policy_reaches_the_tokens(test_model, posemb):
     ft = enc.clone(pooling="fc_norm", posemb=posemb)
     params = {k: v for k, v in zero["params"].items() if k != "norm"}
     params["fc_norm"] = {"scale": jnp.ones(32), "bias": jnp.zeros(32)}
-    tokens, _ = ft.apply({"params": params}, _fbank(1))
+    tokens, _ = jax.jit(ft.apply)({"params": params}, _fbank(1))
     np.testing.assert_allclose(tokens[0], positional_table(32, T_SMALL, policy=posemb), atol=1e-6)

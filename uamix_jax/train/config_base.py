@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.name = "audioset"  # audioset|esc50|speechcommands|nsynth|voxceleb1|fsdkaggle2018|manifest|folder|tfds
     c.data.root = ""
-    c.data.split = "train"  # keep only this split of the manifest ("" = every clip)
+    c.data.split = "balanced_train"  # keep only this split ("" = every clip); AudioSet-20K = balanced_train
     c.data.tfds_name = ""  # data.name='tfds': the prepared dataset's name, e.g. "speech_commands"
     c.data.clip_seconds = 10.0  # host crop/pad length; views then crop model.target_length frames
     c.data.stats = "audioset"  # normalisation statistics (uamix_jax.DATASET_STATS)
