@@ -1,5 +1,7 @@
 """Embedding extraction (the input policy against a direct computation) and the on-disk cache (reuse vs rebuild)."""
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -161,3 +163,55 @@ def test_policy_errors():
         embed.make_embed_fn(encoder, InputPolicy(target_length=256))
     assert InputPolicy(target_length=1024, clip_seconds=30.0).clip_samples == 164080
     assert InputPolicy(target_length=1024, crop="windows", clip_seconds=30.0).num_windows == 3
+
+
+def _embed_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("embed_tool", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "embed.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_embed_tool_on_a_folder(tmp_path, capsys):
+    from tests.test_encoders import _fake_workdir
+
+    from uamix_jax.evaluation.encoders import load_encoder
+
+    audio = make_demo_dataset(tmp_path / "clips", num_classes=2, clips_per_class=3, seconds=1.0)
+    os.makedirs(os.path.join(audio, "nested", "deeper"))
+    sf.write(os.path.join(audio, "nested", "deeper", "x.flac"), 0.1 * np.ones(12000), 16000)
+    with open(os.path.join(audio, "low_tone", "broken.wav"), "wb") as f:
+        f.write(b"RIFF....")
+    _fake_workdir(tmp_path / "w", "test", 128, [(1, 4)])
+    tool = _embed_tool()
+    out = tmp_path / "out" / "e.npz"
+    rc = tool.main(["--encoder", str(tmp_path / "w"), "--audio", str(audio), "--out", str(out), "--batch-size", "4",
+                    "--no-progress"])
+    assert rc == 0
+    assert "7 embeddings of dimension 32; 1 files could not be read" in capsys.readouterr().out
+    with np.load(out) as f:
+        emb, paths, failed = f["embeddings"], list(f["paths"]), list(f["failed"])
+    assert failed == ["low_tone/broken.wav"]
+    # 6 demo clips + the nested flac; the broken file is left out
+    assert len(paths) == 7 and paths == sorted(paths) and "nested/deeper/x.flac" in paths
+    encoder, variables = load_encoder(str(tmp_path / "w"))
+    policy = InputPolicy(target_length=128)
+    for row, rel in zip(emb, paths):
+        np.testing.assert_allclose(row, _direct_centre(encoder, variables, os.path.join(audio, rel), policy),
+                                   atol=2e-5, err_msg=rel)
+
+
+def test_embed_tool_errors(tmp_path, capsys):
+    tool = _embed_tool()
+    assert tool.main(["--encoder", str(tmp_path), "--audio", str(tmp_path / "none"), "--out", "x.npz"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "c.wav").write_bytes(b"")
+    assert tool.main(["--encoder", str(tmp_path / "nowhere"), "--audio", str(tmp_path / "a"), "--out", "x.npz"]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    proc = subprocess.run([sys.executable, "tools/embed.py", "--help"], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0 and "--encoder" in proc.stdout and "--audio" in proc.stdout
