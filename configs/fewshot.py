@@ -7,10 +7,12 @@ ENC: a converted AudioMAE directory (tools/convert_audiomae.py), an AudioMAE .pt
 '' for a random init of `model.size`. Writes OUT/fewshot/<dataset>_<N>way<K>shot.json and prints a table; the clip
 embeddings are cached in OUT/embeddings/ and reused while encoder and inputs are unchanged.
 
-    --config.sweep=True                                  N in {5, 10, 15, 20} x K in {1, 5}, OUT/fewshot/<dataset>_sweep.png
-    --config.compare=AudioMAE=ckpt/audiomae,uaMix-MAE=W2  more encoders ([label=]path, comma separated), drawn as
-                                                         lines in the same figure; their JSONs go to OUT/fewshot/<label>/
-    --config.crop=windows --config.clip_seconds=60       long clips (VoxCeleb): mean embedding of 10 s windows
+    --config.sweep=True            N in {5, 10, 15, 20} x K in {1, 5}; the plot OUT/fewshot/<dataset>_sweep.png
+    --config.compare=AudioMAE=ckpt/audiomae,uaMix-MAE=W2
+                                   more encoders ([label=]path, comma separated), drawn as lines in one figure;
+                                   their JSONs go to OUT/fewshot/<label>/
+    --config.crop=windows --config.clip_seconds=60
+                                   long clips (VoxCeleb): mean embedding of consecutive 10 s windows
 
 Variants: ':demo' evaluates the training demo's workdirs (e.g. --config.init_from=/tmp/uamix_demo/stage2
 --config.compare=/tmp/uamix_demo/stage1 --config.data.root=/tmp/uamix_demo/data); ':test' is the tiny test setting.
@@ -57,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.batch_size = 16
         c.worker_count = 0
         c.queries = 5
-        c.model.target_length = 0 if arg == "demo" else 128
+        c.model.target_length = 128  # the demo's T (configs/stage2.py:demo)
         if arg == "test":
             c.episodes = 100
             c.batch_size = 8

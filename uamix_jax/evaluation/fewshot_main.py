@@ -11,6 +11,7 @@ import os
 import re
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -105,7 +106,15 @@ def _slug(label: str) -> str:
 
 
 def run_fewshot(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-    """Runs the few-shot evaluation configured by configs/fewshot.py in `workdir`; returns the result rows."""
+    """Runs the few-shot evaluation configured by configs/fewshot.py in `workdir`; returns the result rows.
+
+    Runs on one process (with all its local devices): in a multi-host job the other processes return at once, as
+    the embeddings of a few-shot dataset fit one host and the outputs must have one writer.
+    """
+    if jax.process_index() != 0:
+        logging.info("few-shot evaluation runs on process 0 only; process %d has nothing to do",
+                     jax.process_index())
+        return []
     for name in ("ways", "shots", "queries", "episodes", "batch_size"):
         if int(config[name]) < 1:
             raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
@@ -163,8 +172,8 @@ def run_fewshot(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
 
     _say(format_table(rows))
     if rows and (config.sweep or len(encoders) > 1):
-        png = plot_fewshot_curves(rows, os.path.join(out_dir, f"{dataset}_{'sweep' if config.sweep else 'compare'}.png"),
-                                  title=f"{dataset}: N-way K-shot")
+        name = f"{dataset}_{'sweep' if config.sweep else 'compare'}.png"
+        png = plot_fewshot_curves(rows, os.path.join(out_dir, name), title=f"{dataset}: N-way K-shot")
         _say(f"figure: {png}")
     return rows
 
