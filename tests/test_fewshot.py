@@ -49,9 +49,9 @@ def test_vectorised_equals_numpy_loop_exactly(ways, shots, queries, spread):
     assert not eps.query_mask.all()
     acc = episode_accuracies(x, eps.support, eps.query, eps.query_mask)
     ref = _oracle(x, eps.support, eps.query, eps.query_mask)
-    assert acc.dtype == np.float32 and acc.shape == (120,)
+    assert acc.dtype == np.float64 and acc.shape == (120,)
     assert 0.2 < ref.mean() < 0.95, "the data should make mistakes and successes, or the comparison says little"
-    np.testing.assert_array_equal(acc, ref.astype(np.float32))
+    np.testing.assert_array_equal(acc, ref)
 
 
 def test_chunking_does_not_change_results(monkeypatch):
@@ -101,8 +101,8 @@ def test_ci_is_1_96_std_over_sqrt_episodes():
     x, labels = _clustered(10, 20, 16, 1.5, seed=9)
     eps = sample_episodes(labels, ways=5, shots=1, queries=10, episodes=600, seed=2)
     mean, ci, per_episode = evaluate_episodes(x, eps)
-    assert mean == pytest.approx(100 * per_episode.astype(np.float64).mean(), rel=1e-12)
-    assert ci == pytest.approx(1.96 * np.std(100 * per_episode.astype(np.float64)) / math.sqrt(600), rel=1e-12)
+    assert mean == pytest.approx(100 * per_episode.mean(), rel=1e-12)
+    assert ci == pytest.approx(1.96 * np.std(100 * per_episode) / math.sqrt(600), rel=1e-12)
 
 
 def test_result_fields_and_short_classes():

@@ -33,12 +33,12 @@ def _chunk_size(episodes: int, ways: int, per_class: int, dim: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
-def _accuracies(embeddings: jax.Array, support: jax.Array, query: jax.Array, query_mask: jax.Array, *,
-                chunk: int) -> jax.Array:
+def _correct_counts(embeddings: jax.Array, support: jax.Array, query: jax.Array, query_mask: jax.Array, *,
+                    chunk: int) -> tuple[jax.Array, jax.Array]:
     unit = embeddings / jnp.maximum(jnp.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
     ways = support.shape[1]
 
-    def one_chunk(idx: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+    def one_episode(idx: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         s, q, mask = idx  # [N, K], [N, Q], [N, Q] per episode (lax.map vmaps over a chunk of episodes)
         centroids = jnp.mean(unit[s], axis=1)  # [N, D]
         # ‖q − c‖² = ‖q‖² − 2 q·c + ‖c‖²; ‖q‖² is the same for every class, so the argmin needs only the rest.
@@ -47,14 +47,15 @@ def _accuracies(embeddings: jax.Array, support: jax.Array, query: jax.Array, que
                           precision=jax.lax.Precision.HIGHEST)  # [Q, N, N]
         scores = 2.0 * dots - jnp.sum(centroids * centroids, axis=-1)
         correct = (jnp.argmax(scores, axis=-1) == jnp.arange(ways)[None, :]) & mask.T
-        return jnp.sum(correct) / jnp.sum(mask)
+        return jnp.sum(correct, dtype=jnp.int32), jnp.sum(mask, dtype=jnp.int32)
 
-    return jax.lax.map(one_chunk, (support, query, query_mask), batch_size=chunk).astype(jnp.float32)
+    # lax.map over chunks of `chunk` episodes, each chunk vectorised: bounded memory, one compiled call.
+    return jax.lax.map(one_episode, (support, query, query_mask), batch_size=chunk)
 
 
 def episode_accuracies(embeddings: jax.Array | np.ndarray, support: np.ndarray, query: np.ndarray,
                        query_mask: np.ndarray | None = None) -> np.ndarray:
-    """Nearest-centroid accuracy of each episode (fraction in [0, 1]), float32 [E]; see the module docstring.
+    """Nearest-centroid accuracy of each episode, correct / valid queries in [0, 1], float64 [E] (module docstring).
 
     embeddings float [M, D] (normalised here), support int [E, N, K], query int [E, N, Q] (rows of embeddings; the
     query of class slot n belongs to class n), query_mask bool [E, N, Q] (None: all valid). One jitted call for all
@@ -78,9 +79,10 @@ def episode_accuracies(embeddings: jax.Array | np.ndarray, support: np.ndarray, 
         raise ValueError("every episode needs at least one valid query (query_mask is all False somewhere)")
     e, n, k = support.shape
     chunk = _chunk_size(e, n, k + query.shape[2], embeddings.shape[1])
-    acc = _accuracies(embeddings, jnp.asarray(support, jnp.int32), jnp.asarray(query, jnp.int32),
-                      jnp.asarray(query_mask), chunk=chunk)
-    return np.asarray(acc)
+    correct, total = _correct_counts(embeddings, jnp.asarray(support, jnp.int32), jnp.asarray(query, jnp.int32),
+                                     jnp.asarray(query_mask), chunk=chunk)
+    # counts leave the device as integers, so the fractions are exact ratios, not float32 roundings
+    return np.asarray(correct, np.float64) / np.asarray(total, np.float64)
 
 
 def confidence_interval(accuracies: np.ndarray) -> tuple[float, float]:
@@ -94,7 +96,7 @@ def confidence_interval(accuracies: np.ndarray) -> tuple[float, float]:
 def evaluate_episodes(embeddings: jax.Array | np.ndarray, episodes: Episodes) -> tuple[float, float, np.ndarray]:
     """(mean accuracy %, ci95 %, per-episode accuracies [E] in [0, 1]) of sampled `episodes`."""
     acc = episode_accuracies(embeddings, episodes.support, episodes.query, episodes.query_mask)
-    mean, ci = confidence_interval(100.0 * acc.astype(np.float64))
+    mean, ci = confidence_interval(100.0 * acc)
     return mean, ci, acc
 
 
