@@ -1,6 +1,7 @@
 """The training loop end to end: kill and resume, NaN stop, the demo pipeline."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -103,3 +104,8 @@ def test_demo_runs_both_stages_and_writes_checkpoints(tmp_path, capsys):
         assert Checkpointer(workdir).latest_step() == 2, name
         assert f"demo {name}" in out
     assert len(os.listdir(tmp_path / "data")) == 8
+    assert "demo few-shot 5-way 1-shot on held-out clips" in out
+    results = json.loads((tmp_path / "fewshot" / "demo.json").read_text())
+    assert set(results) == {"stage1", "stage2"}
+    for r in results.values():
+        assert 0.0 <= r["accuracy_mean"] <= 100.0 and r["episodes"] == config.fewshot.episodes

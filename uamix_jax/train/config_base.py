@@ -54,6 +54,8 @@ def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.update(name="folder", root="", split="", clip_seconds=2.0, worker_count=0)
     c.augment.time_mask = 192  # scaled with T: 24 frames at T = 128
     c.nnclr.queue_size = 1024
+    # a randomly initialised tiny ViT learns from scratch: the paper's 1e-4 (for a pretrained ViT-B) barely moves it
+    c.optim.lr = 3e-3
     c.train.update(global_batch=32, log_every=10, checkpoint_every=50)
     c.fewshot.update(ways=5, shots=1, queries=5, episodes=200)
     return c

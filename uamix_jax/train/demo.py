@@ -1,22 +1,31 @@
 """The laptop demo (`--config=configs/stage2.py:demo`): synthesise data, run stage 1, stage 2, then few-shot.
 
-Layout of the workdir: `data/` (the synthesised folder-per-class dataset), `stage1/`, `stage2/` (training workdirs,
-each resumable), `fewshot/` (results). With `configs/stage1.py:demo` only stage 1 runs.
+Layout of the workdir: `data/` (the synthesised, unlabelled-for-training folder-per-class dataset), `heldout/`
+(other clips of the same classes, for the few-shot episodes), `stage1/`, `stage2/` (training workdirs, each
+resumable), `fewshot/demo.json`. With `configs/stage1.py:demo` only stage 1 runs. The few-shot line compares the
+encoder before tuning (stage 1 keeps it frozen, so it is stage 1's encoder) with the tuned one.
 """
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from uamix_jax.data.demo import make_demo_dataset
+from uamix_jax.data.layouts import read_dataset
+from uamix_jax.evaluation.embed import InputPolicy, embed_manifest
+from uamix_jax.evaluation.encoders import load_encoder
+from uamix_jax.evaluation.fewshot import evaluate_fewshot
 from uamix_jax.train.loop import train_and_evaluate
 from uamix_jax.train.metrics import read_metrics
 
 DEMO_CLASSES = 8
 DEMO_CLIPS_PER_CLASS = 24
+HELDOUT_CLIPS_PER_CLASS = 16
 STAGE1_EPOCHS = 40
 
 
@@ -38,15 +47,33 @@ def _last(workdir: str) -> str:
     return f"step {row['step']}: loss {row['loss']:.4f}, queue neighbour label accuracy {row['nn_accuracy']:.3f}"
 
 
+def _synthesise(root: str, clips_per_class: int, seconds: float, seed: int) -> str:
+    if not os.path.isdir(root):
+        logging.info("demo: synthesising %d classes x %d clips into %s", DEMO_CLASSES, clips_per_class, root)
+        make_demo_dataset(root + ".tmp", num_classes=DEMO_CLASSES, clips_per_class=clips_per_class, seconds=seconds,
+                          seed=seed)
+        os.replace(root + ".tmp", root)
+    return root
+
+
+def fewshot_accuracy(encoder_dir: str, data_root: str, config: ml_collections.ConfigDict) -> dict:
+    """N-way K-shot accuracy (config.fewshot) of a training workdir's encoder on a folder dataset."""
+    encoder, variables = load_encoder(encoder_dir)
+    manifest = read_dataset("folder", data_root)
+    policy = InputPolicy(target_length=encoder.target_length, stats=config.data.stats,
+                         clip_seconds=config.data.clip_seconds)
+    emb, valid = embed_manifest(manifest, encoder, variables, policy=policy, batch_size=32, progress=False)
+    f = config.fewshot
+    return evaluate_fewshot(emb, np.where(valid, manifest.labels, -1), ways=f.ways, shots=f.shots,
+                            queries=f.queries, episodes=f.episodes, seed=f.seed)
+
+
 def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     """Runs the demo in `workdir`; returns {stage name: workdir}."""
     os.makedirs(workdir, exist_ok=True)
-    data_root = os.path.join(workdir, "data")
-    if not os.path.isdir(data_root):
-        logging.info("demo: synthesising %d classes x %d clips into %s", DEMO_CLASSES, DEMO_CLIPS_PER_CLASS, data_root)
-        make_demo_dataset(data_root + ".tmp", num_classes=DEMO_CLASSES, clips_per_class=DEMO_CLIPS_PER_CLASS,
-                          seconds=config.data.clip_seconds, seed=config.seed)
-        os.replace(data_root + ".tmp", data_root)
+    seconds = config.data.clip_seconds
+    data_root = _synthesise(os.path.join(workdir, "data"), DEMO_CLIPS_PER_CLASS, seconds, config.seed)
+    heldout = _synthesise(os.path.join(workdir, "heldout"), HELDOUT_CLIPS_PER_CLASS, seconds, config.seed + 1000)
     config = copy.deepcopy(config)
     with config.unlocked():
         config.data.root = data_root
@@ -61,4 +88,14 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     runs[name] = os.path.join(workdir, name)
     train_and_evaluate(config, runs[name])
     print(f"demo {name} ({runs[name]}): {_last(runs[name])}", flush=True)
+
+    f = config.fewshot
+    results = {stage: fewshot_accuracy(path, heldout, config) for stage, path in runs.items()}
+    os.makedirs(os.path.join(workdir, "fewshot"), exist_ok=True)
+    with open(os.path.join(workdir, "fewshot", "demo.json"), "w", encoding="utf-8") as out:
+        json.dump(results, out, indent=1)
+    parts = [f"{'before tuning (stage 1 encoder)' if stage == 'stage1' else 'after ' + stage}: "
+             f"{r['accuracy_mean']:.1f} ± {r['ci95']:.1f} %" for stage, r in results.items()]
+    print(f"demo few-shot {f.ways}-way {f.shots}-shot on held-out clips ({f.episodes} episodes, chance "
+          f"{100 / f.ways:.0f} %): " + "; ".join(parts), flush=True)
     return runs
