@@ -22,24 +22,37 @@ _EXPORTS: dict[str, str] = {
     "pad_or_crop_frames": "uamix_jax.audio.features",
     "normalize_fbank": "uamix_jax.audio.features",
     "DATASET_STATS": "uamix_jax.audio.features",
+    "load_audiomae_input": "uamix_jax.audio.features",
+    "make_views": "uamix_jax.audio.augment",
+    "augment_view": "uamix_jax.audio.augment",
+    "eval_view": "uamix_jax.audio.augment",
     # models
     "AudioMAEEncoder": "uamix_jax.models.vit",
     "VIT_SIZES": "uamix_jax.models.vit",
     "NNCLRHead": "uamix_jax.models.head",
+    "Projector": "uamix_jax.models.head",
+    "Predictor": "uamix_jax.models.head",
     # objectives
     "t_cutmix": "uamix_jax.objectives.mixing",
     "tf_cutmix": "uamix_jax.objectives.mixing",
     "mixup": "uamix_jax.objectives.mixing",
     "mix_groups": "uamix_jax.objectives.mixing",
+    "sample_lambda": "uamix_jax.objectives.mixing",
     "soft_targets": "uamix_jax.objectives.losses",
     "soft_nnclr_loss": "uamix_jax.objectives.losses",
     "nnclr_loss": "uamix_jax.objectives.losses",
     "nearest_neighbour": "uamix_jax.objectives.neighbours",
+    "nearest_neighbour_with_index": "uamix_jax.objectives.neighbours",
     "update_queue": "uamix_jax.objectives.queue",
     "init_queue": "uamix_jax.objectives.queue",
-    # checkpoints and encoders
+    # data
+    "read_dataset": "uamix_jax.data.layouts",
+    "make_pipeline": "uamix_jax.data.pipeline",
+    # checkpoints, encoders, evaluation, training
     "load_audiomae": "uamix_jax.interop.audiomae",
     "load_encoder": "uamix_jax.evaluation.encoders",
+    "evaluate_fewshot": "uamix_jax.evaluation.fewshot",
+    "train_and_evaluate": "uamix_jax.train.loop",
 }
 
 __all__ = sorted(_EXPORTS)
