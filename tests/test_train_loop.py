@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -109,3 +110,44 @@ def test_demo_runs_both_stages_and_writes_checkpoints(tmp_path, capsys):
     assert set(results) == {"stage1", "stage2"}
     for r in results.values():
         assert 0.0 <= r["accuracy_mean"] <= 100.0 and r["episodes"] == config.fewshot.episodes
+
+
+def test_stage1_from_audiomae_pth_then_stage2_from_stage1_workdir(tmp_path, tiny_data):
+    """init_from cascade: a real-format AudioMAE .pth for stage 1 (encoder kept bitwise, frozen), then stage 1's
+    workdir for stage 2 (encoder, head, BatchNorm statistics and the filled queue carried over; EMA = projector)."""
+    torch = pytest.importorskip("torch")
+    from uamix_jax.interop.audiomae import load_audiomae
+    from uamix_jax.interop.torch_audiomae import MaskedAutoencoderViT, randomize_, save_audiomae_checkpoint
+    from uamix_jax.train import build
+
+    torch.manual_seed(0)
+    model = randomize_(MaskedAutoencoderViT(width=32, depth=4, num_heads=2, mlp_dim=64, decoder_depth=1))
+    pth = tmp_path / "pretrained.pth"
+    save_audiomae_checkpoint(model, pth)
+    _, converted = load_audiomae(pth, target_length=128)
+
+    s1 = load_config("test", "stage1")
+    s1.data.root, s1.init_from = tiny_data, str(pth)
+    s1.train.update(total_steps=2, checkpoint_every=2)
+    train_and_evaluate(s1, str(tmp_path / "w1"))
+    saved1 = restore_state_dict(str(tmp_path / "w1"))
+    want, got = _flat(converted["params"]), _flat(saved1["params"]["encoder"])
+    assert want.keys() == got.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert np.sum(saved1["queue_ids"] >= 0) == 2 * s1.train.global_batch
+
+    s2 = load_config("test", "stage2")
+    s2.nnclr.queue_size = s1.nnclr.queue_size
+    encoder, head = build.build_models(s2)
+    fresh, _, _ = build.create_state(s2, encoder, head, 10, jax.random.key(5))
+    state = build.load_init(fresh, str(tmp_path / "w1"), stage=2, target_length=128, posemb="prefix")
+    np.testing.assert_array_equal(state.queue, saved1["queue"])
+    np.testing.assert_array_equal(state.queue_ids, saved1["queue_ids"])
+    assert int(state.queue_ptr) == int(saved1["queue_ptr"]) and int(state.step) == 0
+    for name, tree in (("params", state.params), ("batch_stats", state.batch_stats)):
+        a, b = _flat(jax.device_get(tree)), _flat(saved1[name])
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}/{k}")
+    for k, v in _flat(jax.device_get(state.ema_params)).items():
+        np.testing.assert_array_equal(v, _flat(saved1["params"]["head"]["projector"])[k])
