@@ -100,7 +100,8 @@ class Attention(nn.Module):
     """timm's fused-qkv multi-head self-attention: softmax(q kᵀ / √d_h) v per head, then `proj`.
 
     x [B, N, D] → [B, N, D]. `qkv` output channel o = s·D + h·d_h + d with s ∈ {q, k, v} (timm's reshape to
-    (B, N, 3, H, d_h)), so a converted AudioMAE kernel splits exactly like the torch model. Softmax in float32.
+    (B, N, 3, H, d_h)), so a converted AudioMAE kernel splits exactly like the torch model. Logits, exponentials
+    and the softmax denominator are float32 in every compute dtype.
     """
 
     width: int
@@ -116,8 +117,13 @@ class Attention(nn.Module):
         q = qkv[:, :, 0] * jnp.asarray(head_dim**-0.5, qkv.dtype)
         k, v = qkv[:, :, 1], qkv[:, :, 2]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
+        # softmax(l) v = (exp(l - max l) v) / Σ exp(l - max l): dividing the [.., N, d_h] result instead of the
+        # [.., N, N] weights saves a full pass over the largest tensor of the block (≈10% of the block on CPU).
+        # The max carries no gradient (it cancels), as in jax.nn.softmax.
+        unnormalised = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+        denominator = unnormalised.sum(axis=-1)[..., None]  # [B, H, N, 1], float32
+        out = jnp.einsum("bhqk,bkhd->bhqd", unnormalised.astype(self.dtype), v, preferred_element_type=jnp.float32)
+        out = (out / denominator).astype(self.dtype).transpose(0, 2, 1, 3).reshape(b, n, d)
         return _dense(d, "proj", self.dtype)(out)
 
 
