@@ -202,7 +202,8 @@ def test_mapping_layouts_and_info(tiny_files):
     variables, info = convert_state_dict(sd)
     p = variables["params"]
     # conv OIHW -> HWIO; linear weight transposed; LayerNorm weight -> scale
-    np.testing.assert_array_equal(p["patch_embed"]["proj"]["kernel"][3, 5, 0, 7], sd["patch_embed.proj.weight"][7, 0, 3, 5])
+    np.testing.assert_array_equal(p["patch_embed"]["proj"]["kernel"][3, 5, 0, 7],
+                                  sd["patch_embed.proj.weight"][7, 0, 3, 5])
     np.testing.assert_array_equal(p["blocks_3"]["attn"]["qkv"]["kernel"], sd["blocks.3.attn.qkv.weight"].T)
     np.testing.assert_array_equal(p["fc_norm"]["scale"], sd["fc_norm.weight"])
     assert "norm" not in p and "pos_embed" not in p

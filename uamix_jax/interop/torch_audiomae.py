@@ -214,8 +214,8 @@ def randomize_(model: nn.Module, seed: int = 0, scale: float = 1.0) -> nn.Module
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
-            fan_in = p.shape[1] if p.ndim == 2 else (math.prod(p.shape[1:]) if p.ndim == 4 else 1)
-            std = scale / math.sqrt(fan_in) if p.ndim >= 2 else 0.1 * scale
+            # weights [out, in...] get 1/sqrt(fan in); biases and LayerNorm vectors a 0.1 spread
+            std = scale / math.sqrt(math.prod(p.shape[1:])) if p.ndim >= 2 else 0.1 * scale
             p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
             if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name.endswith("norm.weight"):
                 p.add_(1.0)

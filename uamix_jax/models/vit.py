@@ -169,6 +169,10 @@ class Block(nn.Module):
         return x + self._drop_path(y)
 
 
+# Recomputes each block's activations in the backward pass (train-time memory for compute).
+_RematBlock = nn.remat(Block)
+
+
 class AudioMAEEncoder(nn.Module):
     """AudioMAE ViT encoder: fbank [B, T, F] → (tokens [B, 1 + (T/p)(F/p), D], embedding [B, D]), float32 outputs.
 
@@ -225,12 +229,11 @@ class AudioMAEEncoder(nn.Module):
         chex.assert_rank(x, 3, custom_message=(
             f"AudioMAEEncoder expects fbank [batch, time, mel] = [B, {self.target_length}, {self.num_mel_bins}]"))
         chex.assert_type(x, jnp.floating)
-        if x.shape[1:] != (self.target_length, self.num_mel_bins):
-            raise ValueError(
-                f"AudioMAEEncoder got input of shape {tuple(x.shape)} but was built for [B, target_length="
-                f"{self.target_length}, num_mel_bins={self.num_mel_bins}]; pad or crop the fbank to "
-                f"{self.target_length} frames (uamix_jax.pad_or_crop_frames) or build the encoder with "
-                f"target_length={x.shape[1]}")
+        chex.assert_shape(x, (None, self.target_length, self.num_mel_bins), custom_message=(
+            f"AudioMAEEncoder got input of shape {tuple(x.shape)} but was built for [B, target_length="
+            f"{self.target_length}, num_mel_bins={self.num_mel_bins}]; pad or crop the fbank to "
+            f"{self.target_length} frames (uamix_jax.pad_or_crop_frames) or build the encoder with "
+            f"target_length={x.shape[1]}"))
 
         tokens = PatchEmbed(self.width, self.patch_size, self.dtype, name="patch_embed")(x)
         table = positional_table(self.width, self.target_length, num_mel_bins=self.num_mel_bins,
@@ -241,7 +244,7 @@ class AudioMAEEncoder(nn.Module):
         cls = jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width))
         z = jnp.concatenate([cls, tokens], axis=1)
 
-        block_cls: Callable[..., nn.Module] = nn.remat(Block) if self.remat else Block
+        block_cls: Callable[..., nn.Module] = _RematBlock if self.remat else Block
         rates = np.linspace(0.0, self.drop_path_rate, self.depth)
         for i in range(self.depth):
             z = block_cls(self.width, self.num_heads, self.mlp_dim, drop_path_rate=float(rates[i]), train=train,
