@@ -35,10 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 from uamix_jax.models.vit import VIT_SIZES, AudioMAEEncoder  # noqa: E402
 
 
-# glibc malloc: never hand big blocks to mmap (the threshold's cap is 32 MiB, so also keep a large top pad) and
-# never trim the heap, so buffers freed after one call are reused by the next without page faults.
-MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184",
-                 "MALLOC_TOP_PAD_": "536870912"}
+from cpu_malloc import is_tuned, reexec_with_malloc_tuning  # noqa: E402  (benchmarks/)
 
 
 def forward_matmul_flops(width: int, depth: int, mlp_dim: int, n_patches: int, patch_size: int = 16) -> int:
@@ -67,10 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--malloc-tuning", action="store_true",
                         help="re-run with the glibc malloc settings of MALLOC_TUNING (see the module docstring)")
     args = parser.parse_args(argv)
-    if args.malloc_tuning and any(os.environ.get(k) != v for k, v in MALLOC_TUNING.items()):
-        # glibc reads these only at process start
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *(argv or sys.argv[1:])],
-                  {**os.environ, **MALLOC_TUNING})
+    if args.malloc_tuning:
+        reexec_with_malloc_tuning(__file__, argv or sys.argv[1:])
 
     threads = os.cpu_count() or 1
     load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was before we started
@@ -114,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     peak = 2 * lhs.shape[0] * d * encoder.mlp_dim / best["dot"]
     achieved = flops / best["flax"]
     clips = b / best["flax"]
-    tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
+    tuned = is_tuned()
     print(f"device: {jax.devices()[0].device_kind}, {threads} cores, jax {jax.__version__}"
           + (f", torch {torch.__version__}" if torch else "")
           + f", malloc tuning {'on' if tuned else 'off'}, load average before the run {load_before:.2f}")

@@ -1,6 +1,7 @@
 """Stage-1 and stage-2 training steps of ViT-B at T = 1024: samples/s, matmul utilisation, and PyTorch eager.
 
     python benchmarks/train_step.py [--batch 4] [--repeats 3] [--size base] [--no-torch] [--stages 1,2]
+                                    [--malloc-tuning]
 
 The JAX step is the real one (`uamix_jax.train.step`: Kaldi fbank of 10 s waveforms, two augmented views, T-CutMix,
 ViT on both views, NNCLR head + EMA projector, NN look-up in a 65,536-row queue, soft NNCLR loss, gradients of the
@@ -13,7 +14,8 @@ slightly less work than the JAX step.
 utilisation = analytic matmul FLOPs per step / step time / FLOP/s of one big float32 jnp.dot measured in the same run.
 Counted: the encoder forward on 2B clips (patch embed, qkv, q·kᵀ, a·v, proj, fc1, fc2), the backward of the trained
 blocks as 2x their forward, the head (projector, predictor, EMA projector; backward 2x forward of the online head),
-and the queue look-ups (2 x B x K x 256). The last line is the figure, e.g.
+and the queue look-ups (2 x B x K x 256). `--malloc-tuning` re-runs the script with the glibc settings of
+benchmarks/cpu_malloc.py (both frameworks then run under them). The last line is the figure, e.g.
 `train step (ViT-B, B=4): stage 1 1.9 samples/s (81%), stage 2 0.61 samples/s (83%), 1.05x torch`.
 """
 from __future__ import annotations
@@ -38,6 +40,8 @@ from uamix_jax.train import build  # noqa: E402
 from uamix_jax.train.config_base import base_config  # noqa: E402
 from uamix_jax.train.loop import step_options  # noqa: E402
 from uamix_jax.train.step import data_mesh, global_batch, make_train_step, replicate, shard_train_step  # noqa: E402
+
+from cpu_malloc import is_tuned, reexec_with_malloc_tuning  # noqa: E402  (benchmarks/)
 
 QUEUE = 65536
 
@@ -181,7 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stages", default="1,2")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--malloc-tuning", action="store_true", help="re-run with benchmarks/cpu_malloc.py's settings")
     args = parser.parse_args(argv)
+    if args.malloc_tuning:
+        reexec_with_malloc_tuning(__file__, argv or sys.argv[1:])
     threads = os.cpu_count() or 1
     b = args.batch
 
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     jax.block_until_ready(dot(lhs, rhs))
     peak = 2 * n * 768 * 3072 / best_of(lambda: jax.block_until_ready(dot(lhs, rhs)), 5)
     print(f"jnp.dot [{n}, 768] x [768, 3072]: {peak / 1e9:.1f} GFLOP/s; device {jax.devices()[0].device_kind}, "
-          f"{threads} cores, jax {jax.__version__}")
+          f"{threads} cores, jax {jax.__version__}, malloc tuning {'on' if is_tuned() else 'off'}")
 
     ratio = ""
     if 2 in results and not args.no_torch:
