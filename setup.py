@@ -40,6 +40,7 @@ setup(
             "torch>=2.4",
             "scipy>=1.13",
             "tensorflow-cpu>=2.21",
+            "tensorboardX>=2.6",  # its event protobuf reads back the TensorBoard files the trainer writes
         ],
     },
 )

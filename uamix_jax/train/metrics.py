@@ -1,6 +1,8 @@
-"""Metrics: one JSON line per logged step in `<workdir>/metrics.jsonl` (+ TensorBoard events when tensorboardX is
-installed), written by process 0 only. On resume, lines for steps after the restored one are dropped, so a resumed
-run's file equals an uninterrupted run's.
+"""Metrics: one JSON line per logged step in `<workdir>/metrics.jsonl` and TensorBoard scalars in
+`<workdir>/tensorboard/`, written by process 0 only and flushed at every write (a crash loses nothing logged). On
+resume, JSONL lines for steps after the restored one are dropped, so a resumed run's file equals an uninterrupted
+run's; the TensorBoard writer starts with a purge marker at the next step, so TensorBoard drops the old events from
+there on in the same way.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Any, Mapping
 import jax
 from absl import logging
 
+from uamix_jax.train.tensorboard import ScalarEventWriter
+
 
 def _plain(value: Any) -> Any:
     value = value.item() if hasattr(value, "item") else value
@@ -21,7 +25,7 @@ def _plain(value: Any) -> Any:
 
 
 class MetricWriter:
-    """JSONL (+ optional TensorBoard) metric sink; a no-op on processes other than 0."""
+    """JSONL + TensorBoard metric sink; a no-op on processes other than 0."""
 
     def __init__(self, workdir: str, *, resume_step: int | None = None, filename: str = "metrics.jsonl"):
         self.active = jax.process_index() == 0
@@ -32,12 +36,8 @@ class MetricWriter:
         os.makedirs(workdir, exist_ok=True)
         if resume_step is not None:
             truncate_after(self.path, resume_step)
-        try:  # optional dependency
-            from tensorboardX import SummaryWriter  # type: ignore[import-not-found]
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        except ImportError:
-            self._tb = None
+        purge = None if resume_step is None else resume_step + 1
+        self._tb = ScalarEventWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.active:
@@ -46,9 +46,7 @@ class MetricWriter:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         if self._tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, step)
+            self._tb.scalars(int(step), {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
 
     def close(self) -> None:
         if self._tb is not None:

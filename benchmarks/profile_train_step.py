@@ -1,0 +1,178 @@
+"""Where the time of a ViT-B training step goes on CPU: one traced step, grouped by layer and pass.
+
+    python benchmarks/profile_train_step.py [--stage 2] [--batch 4] [--size base] [--malloc-tuning] [--top 25]
+
+Runs the real step of benchmarks/train_step.py once to compile, then once under `jax.profiler.trace`. Every XLA
+thunk in the trace is matched to its instruction in the compiled HLO; the time is grouped by the layer its metadata
+names (`attn/qkv`, `attn/bqhd,bkhd->bhqk` = q·kᵀ, `mlp/fc1`, ...; blocks merged) and by pass (forward, or backward
+when the op name holds `transpose(`). For fusions holding a dot, the dot's FLOPs (2·|out|·|contracted|) give the
+achieved GFLOP/s, to set against the plain `jnp.dot` rate printed with it. The last line sums it up: the share of
+the thunk time spent in matmul fusions, their rate, the share spent outside them, and the summed thunk time over the
+step's wall time (above 1 when XLA runs independent thunks at once on its two threads, each then slower; below 1 when
+there are gaps between thunks). Labels come from the root op of each fusion: `attn/reduce_max` is q·kᵀ
+fused with the row max, `attn/reduce_sum` the exponentials and a·v fused with the softmax denominator.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_malloc import is_tuned, reexec_with_malloc_tuning  # noqa: E402
+from train_step import jax_step  # noqa: E402  (also puts the checkout on sys.path when needed)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+_SHAPE = re.compile(r"[a-z]+\d*\[([\d,]*)\]")
+
+
+def _dims(text: str) -> list[int]:
+    match = _SHAPE.search(text)
+    return [int(d) for d in match.group(1).split(",") if d] if match else []
+
+
+def parse_hlo(hlo: str) -> dict[str, tuple[str, float]]:
+    """instruction name → (op name of its metadata, matmul FLOPs inside it), for every instruction of the module."""
+    computations: dict[str, list[str]] = {}
+    current = None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            current = line.split()[0].lstrip("%") if not line.startswith("ENTRY") else line.split()[1].lstrip("%")
+            computations[current] = []
+        elif current is not None and line.startswith("  "):
+            computations[current].append(line)
+
+    def shapes_of(lines: list[str]) -> dict[str, list[int]]:
+        out = {}
+        for line in lines:
+            m = re.match(r"\s*(?:ROOT )?%?(\S+) = (\S+)", line)
+            if m:
+                out[m.group(1)] = _dims(m.group(2))
+        return out
+
+    def dot_flops(lines: list[str], shapes: dict[str, list[int]]) -> float:
+        """2·|out|·|contracted| summed over the dots among `lines`; operand shapes from `shapes`."""
+        flops = 0.0
+        for line in lines:
+            m = re.match(r"\s*(?:ROOT )?%?\S+ = (\S+) dot\(%?([\w.\-]+), .*lhs_contracting_dims=\{([\d,]*)\}", line)
+            if m:
+                lhs = shapes.get(m.group(2), [])
+                contracted = math.prod(lhs[int(i)] for i in m.group(3).split(",") if i) if lhs else 0
+                flops += 2.0 * math.prod(_dims(m.group(1))) * contracted
+        return flops
+
+    fused = {c for lines in computations.values() for line in lines for c in re.findall(r"calls=%?([\w.\-]+)", line)}
+    info = {}
+    for comp, lines in computations.items():
+        if comp in fused:  # instructions inside a fusion are not thunks of their own
+            continue
+        shapes = shapes_of(lines)
+        for line in lines:
+            m = re.match(r"\s*(?:ROOT )?%?(\S+) = \S+ (\w[\w\-]*)\(", line)
+            if not m:
+                continue
+            name, op = m.group(1), m.group(2)
+            meta = re.search(r'op_name="([^"]*)"', line)
+            called = re.search(r"calls=%?([\w.\-]+)", line)
+            if called:
+                body = computations.get(called.group(1), [])
+                flops = dot_flops(body, shapes_of(body))
+            else:
+                flops = dot_flops([line], shapes)
+            info[name] = (meta.group(1) if meta else op, flops)
+    return info
+
+
+def layer_of(op_name: str) -> tuple[str, str]:
+    """('attn/qkv', 'backward') from 'jit(step)/.../transpose(jvp(AudioMAEEncoder))/blocks_6/attn/qkv/dot_general'."""
+    passname = "backward" if "transpose(" in op_name else "forward"
+    m = re.search(r"blocks_\d+/(.*)", op_name)
+    if m:
+        parts = m.group(1).split("/")
+        layer = "/".join(parts[:2]) if parts[0] in ("attn", "mlp") else parts[0]
+        return f"block {layer}", passname
+    for key in ("patch_embed", "NNCLRHead", "nearest_neighbour", "kaldi_fbank", "adamw", "update_queue", "norm"):
+        if key in op_name:
+            return key, passname
+    return "other: " + re.sub(r"^jit\([^)]*\)/", "", op_name).split("/")[-1][:30], passname
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", type=int, default=2)
+    parser.add_argument("--size", default="base")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--malloc-tuning", action="store_true", help="re-run with benchmarks/cpu_malloc.py's settings")
+    args = parser.parse_args(argv)
+    if args.malloc_tuning:
+        reexec_with_malloc_tuning(__file__, argv or sys.argv[1:])
+
+    run, _, _ = jax_step(args.stage, args.size, args.batch)
+    run()  # compile; the next call still page-faults its buffers in once
+    run()
+    untraced = []
+    for _ in range(2):
+        start = time.perf_counter()
+        run()
+        untraced.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            run()
+        trace = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[0]
+        profile = jax.profiler.ProfileData.from_file(trace)
+        durations: collections.Counter = collections.Counter()
+        for plane in profile.planes:
+            for line in plane.lines:
+                if "XLAEigen" not in line.name:  # the threads that run XLA's thunks
+                    continue
+                for event in line.events:
+                    if not event.name.startswith(("ThunkExecutor", "end:", "Slinky")):
+                        durations[event.name] += event.duration_ns * 1e-9
+    info = parse_hlo(run.hlo_text())
+
+    groups: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for name, seconds in durations.items():
+        op_name, flops = info.get(name, (name, 0.0))
+        groups[layer_of(op_name)][0] += seconds
+        groups[layer_of(op_name)][1] += flops
+    total = sum(s for s, _ in groups.values())
+
+    n = args.batch * 2 * 513
+    lhs = jnp.asarray(np.random.default_rng(1).standard_normal((n, 768)), jnp.float32)
+    rhs = jnp.asarray(np.random.default_rng(2).standard_normal((768, 3072)), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(lhs, rhs))
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        jax.block_until_ready(dot(lhs, rhs))
+        times.append(time.perf_counter() - t0)
+    peak = 2 * n * 768 * 3072 / min(times) / 1e9
+
+    print(f"stage {args.stage}, ViT-{args.size}, B={args.batch}: step {min(untraced):.2f} s untraced, thunks {total:.2f} s "
+          f"traced; jnp.dot [{n}, 768] x [768, 3072] {peak:.0f} GFLOP/s; malloc tuning "
+          f"{'on' if is_tuned() else 'off'}")
+    print(f"{'layer':34s} {'pass':9s} {'seconds':>8s} {'share':>6s} {'GFLOP':>7s} {'GFLOP/s':>8s}")
+    for (layer, passname), (seconds, flops) in sorted(groups.items(), key=lambda kv: -kv[1][0])[: args.top]:
+        rate = f"{flops / seconds / 1e9:8.0f}" if flops else f"{'-':>8s}"
+        print(f"{layer:34s} {passname:9s} {seconds:8.2f} {100 * seconds / total:5.1f}% {flops / 1e9:7.0f} {rate}")
+    mm_s = sum(s for s, f in groups.values() if f)
+    mm_f = sum(f for _, f in groups.values())
+    print(f"profile (stage {args.stage}, B={args.batch}): matmul fusions {100 * mm_s / total:.0f}% of the step at "
+          f"{mm_f / mm_s / 1e9:.0f} GFLOP/s ({100 * mm_f / mm_s / 1e9 / peak:.0f}% of jnp.dot), "
+          f"everything else {100 * (1 - mm_s / total):.0f}%; thunk time / step time {total / min(untraced):.2f}")
+
+
+if __name__ == "__main__":
+    main()
