@@ -24,14 +24,12 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpu_malloc import is_tuned, reexec_with_malloc_tuning  # noqa: E402
-from train_step import jax_step  # noqa: E402  (also puts the checkout on sys.path when needed)
+from train_step import dot_rate, jax_step  # noqa: E402  (also puts the checkout on sys.path when needed)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 _SHAPE = re.compile(r"[a-z]+\d*\[([\d,]*)\]")
 
@@ -176,19 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(s for s, _ in groups.values())
 
     n = args.batch * 2 * 513
-    lhs = jnp.asarray(np.random.default_rng(1).standard_normal((n, 768)), jnp.float32)
-    rhs = jnp.asarray(np.random.default_rng(2).standard_normal((768, 3072)), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(lhs, rhs))
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        jax.block_until_ready(dot(lhs, rhs))
-        times.append(time.perf_counter() - t0)
-    peak = 2 * n * 768 * 3072 / min(times) / 1e9
+    peak = dot_rate(args.batch) / 1e9
 
     print(f"stage {args.stage}, ViT-{args.size}, B={args.batch}: step {min(untraced):.2f} s untraced, {span:.2f} s "
-          f"traced (thunk events {total - (span - covered):.2f} s, uncovered {span - covered:.2f} s); jnp.dot [{n}, 768] x [768, 3072] {peak:.0f} GFLOP/s; malloc tuning "
+          f"traced (thunk events {total - (span - covered):.2f} s, uncovered {span - covered:.2f} s); "
+          f"jnp.dot [{n}, 768] x [768, 3072] {peak:.0f} GFLOP/s; malloc tuning "
           f"{'on' if is_tuned() else 'off'}")
     print(f"{'layer':34s} {'pass':9s} {'seconds':>8s} {'share':>6s} {'GFLOP':>7s} {'GFLOP/s':>8s}")
     for (layer, passname), (seconds, flops) in sorted(groups.items(), key=lambda kv: -kv[1][0])[: args.top]:
