@@ -1,13 +1,12 @@
 """The hand-written TensorBoard event writer against tensorboardX's protobuf classes and CRC."""
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2, summary_pb2
 from tensorboardX.record_writer import masked_crc32c as reference_masked_crc
 
+from tests.tb_util import read_events
 from uamix_jax.train.tensorboard import ScalarEventWriter, crc32c, encode_event, masked_crc32c
 
 
@@ -41,16 +40,7 @@ def test_writer_file_reads_back_with_valid_frames(tmp_path):
     writer.scalars(5, {"loss": 1.5, "grad_norm": 2.0})
     writer.scalars(6, {"loss": 1.25})
     writer.close()
-    data = open(writer.path, "rb").read()
-    events, pos = [], 0
-    while pos < len(data):
-        header = data[pos:pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == reference_masked_crc(header)
-        payload = data[pos + 12:pos + 12 + length]
-        assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == reference_masked_crc(payload)
-        events.append(event_pb2.Event.FromString(payload))
-        pos += 16 + length
+    events = read_events(writer.path)
     assert events[0].file_version == "brain.Event:2"
     assert events[1].step == 5 and events[1].session_log.status == event_pb2.SessionLog.START
     got = [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in events[2:]]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from tests.tb_util import scalar_series
 from tests.train_util import ROOT, load_config
 from uamix_jax.data.demo import make_demo_dataset
 from uamix_jax.train.checkpoint import Checkpointer, restore_state_dict
@@ -37,29 +38,6 @@ def _flat(tree):
     return {"/".join(map(str, k)): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
 
 
-def _tensorboard_losses(workdir) -> dict[int, float]:
-    """step → 'loss' scalar from every event file in order, applying TensorBoard's purge rule: a SessionLog START at
-    step s drops the events with step >= s read before it."""
-    import struct
-
-    from tensorboardX.proto import event_pb2
-
-    losses: dict[int, float] = {}
-    for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns):
-        data = path.read_bytes()
-        pos = 0
-        while pos < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
-                losses = {k: v for k, v in losses.items() if k < event.step}
-            for value in event.summary.value:
-                if value.tag == "loss":
-                    losses[event.step] = value.simple_value
-    return losses
-
-
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path, tiny_data):
     straight = _main(tmp_path / "straight", tiny_data)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -81,11 +59,11 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path, tiny_data):
     assert (tmp_path / "straight" / "metrics.jsonl").read_text() == (tmp_path / "resumed" / "metrics.jsonl").read_text()
     # TensorBoard: the same losses as the JSONL (float32), and the killed run's step-5 event purged on resume
     jsonl = {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / "straight" / "metrics.jsonl").open())}
-    straight_tb = _tensorboard_losses(tmp_path / "straight")
+    straight_tb = scalar_series(tmp_path / "straight" / "tensorboard", "loss")
     assert sorted(straight_tb) == sorted(jsonl) == list(range(1, 8))
     np.testing.assert_array_equal([straight_tb[k] for k in jsonl], np.float32([jsonl[k] for k in jsonl]))
     assert len(list((tmp_path / "resumed" / "tensorboard").glob("events.out.tfevents.*"))) == 2
-    assert _tensorboard_losses(tmp_path / "resumed") == straight_tb
+    assert scalar_series(tmp_path / "resumed" / "tensorboard", "loss") == straight_tb
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
