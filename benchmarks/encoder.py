@@ -8,7 +8,7 @@ matmul), qkv, attention q·kᵀ and a·v, proj, fc1, fc2 (2 FLOPs per multiply-a
 of uamix_jax.interop.torch_audiomae under torch.no_grad() with as many threads as XLA uses (all cores).
 Timings are the best of --repeats after a warm-up (compilation excluded), interleaved so that load from other
 processes hits all three alike. The last line is the figure, e.g.
-`ViT-B forward: 6.1 clips/s, utilisation 87%, 1.12x torch`.
+`ViT-B forward: 1.13 clips/s, utilisation 70%, 0.96x torch` (measured here, 2 cores, malloc tuning).
 
 `--malloc-tuning` re-runs the script with the glibc settings of MALLOC_TUNING (documented in the README for CPU
 users): XLA and PyTorch allocate their large per-call buffers afresh on every call, and glibc returns them to the

@@ -16,7 +16,8 @@ Counted: the encoder forward on 2B clips (patch embed, qkv, q·kᵀ, a·v, proj,
 blocks as 2x their forward, the head (projector, predictor, EMA projector; backward 2x forward of the online head),
 and the queue look-ups (2 x B x K x 256). `--malloc-tuning` re-runs the script with the glibc settings of
 benchmarks/cpu_malloc.py (both frameworks then run under them). The last line is the figure, e.g.
-`train step (ViT-B, B=4): stage 1 1.9 samples/s (81%), stage 2 0.61 samples/s (83%), 1.05x torch`.
+`train step (ViT-base, B=4): stage 1 0.60 samples/s (88%), stage 2 0.23 samples/s (67%), 0.96x torch` (measured here,
+2 cores, malloc tuning).
 """
 from __future__ import annotations
 
