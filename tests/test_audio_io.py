@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from uamix_jax.audio.io import AudioLoadError, load_audio
+from uamix_jax.audio.io import AudioLoadError, load_audio, wav_truncation
 
 SR = 16000
 
@@ -103,6 +103,38 @@ def test_truncated_header(tmp_path):
     path = tmp_path / "truncated.wav"
     path.write_bytes(good.read_bytes()[:20])  # RIFF header cut inside the fmt chunk
     _expect_error(path, "cannot be decoded")
+
+
+def test_truncated_data_chunk(tmp_path):
+    good = tmp_path / "good.wav"
+    sf.write(good, _tone(440.0, 0.5, SR), SR, subtype="PCM_16")  # 8000 samples: 16000 data bytes after 44
+    path = tmp_path / "cut.wav"
+    path.write_bytes(good.read_bytes()[:-1000])
+    assert sf.read(path)[0].shape == (7500,)  # libsndfile alone decodes it silently as a shorter clip
+    _expect_error(path, "truncated: its WAV data chunk declares 16000 bytes but the file holds 15000")
+
+
+def test_wav_chunk_walk_skips_odd_chunks_and_accepts_streaming_sizes(tmp_path):
+    wave = _tone(440.0, 0.25, SR)
+    good = tmp_path / "good.wav"
+    sf.write(good, wave, SR, subtype="PCM_16")
+    raw = good.read_bytes()
+    assert raw[36:40] == b"data"
+    # an odd-sized chunk before `data` (padded to even length), RIFF size fixed up accordingly
+    extra = b"LIST" + (3).to_bytes(4, "little") + b"abc\x00"
+    with_list = raw[:4] + (len(raw) - 8 + len(extra)).to_bytes(4, "little") + raw[8:36] + extra + raw[36:]
+    (tmp_path / "list.wav").write_bytes(with_list)
+    assert wav_truncation(str(tmp_path / "list.wav")) is None
+    np.testing.assert_array_equal(load_audio(tmp_path / "list.wav"), load_audio(good))
+    (tmp_path / "list_cut.wav").write_bytes(with_list[:-10])
+    assert "declares 8000 bytes but the file holds 7990" in wav_truncation(str(tmp_path / "list_cut.wav"))
+    # a streaming writer's placeholder size is not a truncation
+    streaming = raw[:40] + (0xFFFFFFFF).to_bytes(4, "little") + raw[44:]
+    (tmp_path / "stream.wav").write_bytes(streaming)
+    assert wav_truncation(str(tmp_path / "stream.wav")) is None
+    # other formats are left to the decoder
+    sf.write(tmp_path / "a.flac", wave, SR)
+    assert wav_truncation(str(tmp_path / "a.flac")) is None
 
 
 def test_zero_samples(tmp_path):

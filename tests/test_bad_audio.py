@@ -23,7 +23,8 @@ def make_bad_files(folder):
     os.makedirs(folder, exist_ok=True)
     good_clip(os.path.join(folder, "template.wav"), 0)
     wav = open(os.path.join(folder, "template.wav"), "rb").read()
-    raw = {"empty": b"", "undecodable": os.urandom(4000), "truncated_header": wav[:30]}
+    raw = {"empty": b"", "undecodable": os.urandom(4000), "truncated_header": wav[:30],
+           "truncated_data": wav[:-2000]}  # an interrupted download: the header promises more samples
     paths = {}
     for kind, data in raw.items():
         paths[kind] = os.path.join(folder, f"{kind}.wav")
@@ -71,7 +72,8 @@ def test_every_kind_of_bad_file_is_replaced_and_logged_once(tmp_path):
     assert set(entries) == set(bad.values()) and log.count == len(bad)
     lines = log_path.read_text().splitlines()
     assert len(lines) == len(bad)  # three epochs, each file once
-    expected_reason = {"empty": "empty", "undecodable": "decod", "truncated_header": "decod", "header_only": "zero",
+    expected_reason = {"empty": "empty", "undecodable": "decod", "truncated_header": "decod",
+                       "truncated_data": "truncated", "header_only": "zero",
                        "nan": "NaN", "inf": "NaN", "too_short": "25 ms", "missing": "not found"}
     for kind, path in bad.items():
         assert expected_reason[kind].lower() in entries[path].lower(), (kind, entries[path])
@@ -80,8 +82,8 @@ def test_every_kind_of_bad_file_is_replaced_and_logged_once(tmp_path):
     assert log_path.read_text().splitlines() == lines
 
 
-@pytest.mark.parametrize("kind", ["empty", "undecodable", "truncated_header", "header_only", "nan", "inf",
-                                  "too_short", "missing"])
+@pytest.mark.parametrize("kind", ["empty", "undecodable", "truncated_header", "truncated_data", "header_only", "nan",
+                                  "inf", "too_short", "missing"])
 def test_error_mode_raises_with_the_file_name_and_the_reason(tmp_path, kind):
     path = make_bad_files(str(tmp_path))[kind]
     good = str(tmp_path / "good.wav")

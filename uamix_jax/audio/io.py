@@ -7,6 +7,7 @@ quality ('soxr_hq'). Integer PCM is scaled to [-1, 1) as torchaudio.load does (i
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 
 import numpy as np
@@ -26,6 +27,34 @@ class AudioLoadError(ValueError):
 
     def __reduce__(self):  # survives pickling across data-loader worker processes
         return type(self), (self.path, self.reason)
+
+
+_STREAMING_SIZES = (0, 0xFFFFFFFF)  # placeholders written by streaming WAV writers: the size is unknown, not wrong
+
+
+def wav_truncation(path: str) -> str | None:
+    """Why a RIFF/WAVE file is cut short, or None: its `data` chunk declares more bytes than the file holds.
+
+    libsndfile decodes such a file (e.g. an interrupted download) without an error, as a shorter clip; this walks
+    the chunk headers (12-byte RIFF header, then 8-byte id + little-endian u32 size per chunk, padded to even sizes).
+    Other formats and WAVs whose data size is a streaming placeholder (0 or 0xFFFFFFFF) give None.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:] != b"WAVE":
+            return None
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                available = size - offset - 8
+                if chunk_size not in _STREAMING_SIZES and chunk_size > available:
+                    return f"truncated: its WAV data chunk declares {chunk_size} bytes but the file holds {available}"
+                return None
+            offset += 8 + chunk_size + (chunk_size & 1)
+    return None
 
 
 def _decode(path: str) -> tuple[np.ndarray, int]:
@@ -58,8 +87,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = SAMPLE_RATE) -
 
     Contract: mono = mean over channels; resampled with soxr (HQ) when the file's rate differs; returns a 1-D
     contiguous float32 array of about len * sample_rate / file_rate samples. Raises `AudioLoadError` (a ValueError
-    with `.path` and `.reason`) when the file is missing, a directory, empty (0 bytes), undecodable (e.g. garbage
-    bytes or a truncated header), holds zero samples after decoding, or holds NaN/inf samples.
+    with `.path` and `.reason`) when the file is missing, a directory, empty (0 bytes), a WAV cut short inside its
+    data (`wav_truncation`), undecodable (e.g. garbage bytes or a truncated header), holds zero samples after
+    decoding, or holds NaN/inf samples.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -68,6 +98,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = SAMPLE_RATE) -
         raise AudioLoadError(path, "is a directory, not an audio file")
     if os.path.getsize(path) == 0:
         raise AudioLoadError(path, "empty file (0 bytes)")
+    truncated = wav_truncation(path)
+    if truncated:
+        raise AudioLoadError(path, truncated)
     data, sr = _decode(path)
     if data.size == 0:
         raise AudioLoadError(path, "no audio samples after decoding (zero length)")
