@@ -25,6 +25,8 @@ setup(
         "absl-py>=2.1",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "scikit-learn>=1.4",  # mAP, t-SNE
+        "tensorboardX>=2.6",  # TensorBoard event files
     ],
     extras_require={
         # Reading AudioMAE's .pth files. `pip install torch==2.13.0` first to take a CPU build.
@@ -40,7 +42,9 @@ setup(
             "torch>=2.4",
             "scipy>=1.13",
             "tensorflow-cpu>=2.21",
-            "tensorboardX>=2.6",  # its event protobuf reads back the TensorBoard files the trainer writes
+            "tensorboard>=2.16",  # its EventAccumulator reads back the trainer's event files in the tests
+            "papermill>=2.6",  # runs the Colab notebook top to bottom in the tests
+            "ipykernel>=6.29",
         ],
     },
 )

@@ -37,9 +37,9 @@ except ImportError:  # a source checkout without `pip install -e .`
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from uamix_jax.train import build  # noqa: E402
+from uamix_jax.train import build, optim  # noqa: E402
 from uamix_jax.train.config_base import base_config  # noqa: E402
-from uamix_jax.train.loop import step_options  # noqa: E402
+from uamix_jax.train.build import step_options  # noqa: E402
 from uamix_jax.train.step import data_mesh, global_batch, make_train_step, replicate, shard_train_step  # noqa: E402
 
 from cpu_malloc import is_tuned, reexec_with_malloc_tuning  # noqa: E402  (benchmarks/)
@@ -71,9 +71,9 @@ def jax_step(stage: int, size: str, batch: int):
     config.train.global_batch = batch
     config.nnclr.update(queue_size=QUEUE, top_k=1 if stage == 1 else 20, ema_momentum=0.0 if stage == 1 else 0.99)
     encoder, head = build.build_models(config)
-    state, _, _ = build.create_state(config, encoder, head, 1000, jax.random.key(0))
+    state, labels, _ = build.create_state(config, encoder, head, 1000, jax.random.key(0))
     mesh = data_mesh(jax.devices()[:1])
-    step = shard_train_step(make_train_step(encoder, head, step_options(config)), mesh)
+    step = shard_train_step(make_train_step(encoder, head, step_options(config), optim.trainable_mask(labels)), mesh)
     rng = np.random.default_rng(0)
     n = int(config.data.clip_seconds * 16000)
     batch_np = {"waveform": (0.1 * rng.standard_normal((batch, n))).astype(np.float32),

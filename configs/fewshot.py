@@ -22,7 +22,7 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.mode = "fewshot"
+    c.task = "fewshot"
     c.init_from = ""  # '' = random init of model.size
     c.compare = ""  # more encoders: "[label=]path,[label=]path"; the first line of the figure is init_from
     c.seed = 0  # episodes (and the random init)
@@ -37,8 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.size = "base"  # only for the random init
-    c.model.target_length = 1024  # frames per window; 0 = the encoder's own (its checkpoint's or config.json's)
-    c.model.posemb = "prefix"
+    # frames per window; 0 = the encoder's own (its checkpoint's pos_embed or its workdir's config.json; 1024 for
+    # AudioMAE's released weights and the random init)
+    c.model.target_length = 0
+    c.model.posemb = ""  # '' = the checkpoint's own table; 'prefix' / 'audiomae' override (models/posemb.py)
 
     c.crop = "centre"  # or "windows": mean embedding of consecutive target_length windows (long clips)
     c.clip_seconds = 30.0  # at most this much audio per clip (the centre); 'centre' reads at most one window

@@ -15,7 +15,7 @@ from tests.tb_util import scalar_series
 from tests.train_util import ROOT, load_config
 from uamix_jax.data.demo import make_demo_dataset
 from uamix_jax.train.checkpoint import Checkpointer, restore_state_dict
-from uamix_jax.train.loop import KILL_AT_STEP_ENV, NonFiniteLossError, train_and_evaluate
+from uamix_jax.train.loop import NonFiniteLossError, train_and_evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -26,11 +26,12 @@ def tiny_data(tmp_path_factory) -> str:
                              seconds=1.5, odd_formats=False)
 
 
-def _main(workdir, data_root, *extra, env_extra=None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "uamix_jax.main", "--config=configs/test.py:stage2", f"--workdir={workdir}",
+def _main(workdir, data_root, *extra, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    entry = ["uamix_jax.main"] if kill_at is None else ["tests.fault_injection", str(kill_at)]
+    cmd = [sys.executable, "-m", *entry, "--config=configs/test.py:stage2", f"--workdir={workdir}",
            f"--config.data.root={data_root}", "--config.train.total_steps=7", "--config.train.checkpoint_every=2",
            *extra]
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.environ["UAMIX_TEST_JAX_CACHE"], **(env_extra or {}))
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.environ["UAMIX_TEST_JAX_CACHE"])
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -42,7 +43,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path, tiny_data):
     straight = _main(tmp_path / "straight", tiny_data)
     assert straight.returncode == 0, straight.stderr[-3000:]
     # killed after step 5: the checkpoint of step 4 is on disk, step 5's metrics line must be dropped on resume
-    killed = _main(tmp_path / "resumed", tiny_data, env_extra={KILL_AT_STEP_ENV: "5"})
+    killed = _main(tmp_path / "resumed", tiny_data, kill_at=5)
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-3000:])
     assert Checkpointer(str(tmp_path / "resumed")).latest_step() == 4
     rows = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
@@ -159,3 +160,19 @@ def test_stage1_from_audiomae_pth_then_stage2_from_stage1_workdir(tmp_path, tiny
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}/{k}")
     for k, v in _flat(jax.device_get(state.ema_params)).items():
         np.testing.assert_array_equal(v, _flat(saved1["params"]["head"]["projector"])[k])
+
+
+def test_logged_metrics_are_means_over_the_log_window(tmp_path, tiny_data):
+    """log_every=3 logs the mean of the three steps' values that log_every=1 logs one by one."""
+    rows = {}
+    for every in (1, 3):
+        config = load_config("test", "stage2")
+        config.data.root = tiny_data
+        config.train.update(total_steps=3, checkpoint_every=3, log_every=every)
+        train_and_evaluate(config, str(tmp_path / f"w{every}"))
+        rows[every] = [json.loads(line) for line in (tmp_path / f"w{every}" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows[1]] == [1, 2, 3] and [r["step"] for r in rows[3]] == [3]
+    for key in ("loss", "grad_norm", "lam_mean"):
+        want = np.mean([r[key] for r in rows[1]])
+        np.testing.assert_allclose(rows[3][0][key], want, rtol=1e-6, err_msg=key)
+    assert rows[3][0]["loss"] != rows[1][2]["loss"]  # not the last step's value

@@ -10,7 +10,7 @@ from flax import traverse_util
 
 from tests.train_util import fresh_state, load_config, synthetic_batch
 from uamix_jax.train import build, optim
-from uamix_jax.train.loop import step_options
+from uamix_jax.train.build import step_options
 from uamix_jax.train.step import data_mesh, global_batch, make_train_step, replicate, shard_train_step
 
 
@@ -19,9 +19,9 @@ def _flat(tree):
 
 
 def _run(config, n_steps: int, devices=None, seed: int = 0):
-    encoder, head, state, _ = fresh_state(config)
+    encoder, head, state, labels = fresh_state(config)
     mesh = data_mesh(devices)
-    step = shard_train_step(make_train_step(encoder, head, step_options(config)), mesh)
+    step = shard_train_step(make_train_step(encoder, head, step_options(config), optim.trainable_mask(labels)), mesh)
     state = replicate(state, mesh)
     start = _flat(state.params)
     key = jax.random.key(7)
@@ -104,17 +104,17 @@ def test_vit_base_stage2_trainable_count_matches_paper_tp(capsys):
 
 def test_sharded_step_equals_single_device_and_traces_once(n_devices):
     config = load_config("test", "stage2")
-    config.mix.group = 2  # the per-device batch on 8 devices (16 / 8), used on 1 device too
+    assert 16 % (config.mix.group * 8) == 0  # the config's own group size fits every device count below
     # Some gradients are exactly zero in theory: the attention key bias (softmax is shift invariant) and the final
     # norm's bias (the projector's first BatchNorm removes any constant shift). Computed, they are float round-off,
     # which Adam with eps 1e-8 turns into ±lr steps of arbitrary sign. eps 1e-3 keeps this comparison about sharding.
     config.optim.eps = 1e-3
     results = {}
-    for name, devices in (("8dev", jax.devices()), ("1dev", jax.devices()[:1])):
-        encoder, head, state, _ = fresh_state(config)
+    for name, devices in (("8dev", jax.devices()), ("4dev", jax.devices()[:4]), ("1dev", jax.devices()[:1])):
+        encoder, head, state, labels = fresh_state(config)
         mesh = data_mesh(devices)
         chex.clear_trace_counter()  # the two meshes trace the same source once each
-        per_device = chex.assert_max_traces(make_train_step(encoder, head, step_options(config)), n=1)
+        per_device = chex.assert_max_traces(make_train_step(encoder, head, step_options(config), optim.trainable_mask(labels)), n=1)
         step = shard_train_step(per_device, mesh)
         state = replicate(state, mesh)
         losses = []
@@ -123,15 +123,28 @@ def test_sharded_step_equals_single_device_and_traces_once(n_devices):
             state, metrics = step(state, batch, jax.random.key(3))
             losses.append(float(metrics["loss"]))
         results[name] = (losses, jax.device_get(state))
-    (l8, s8), (l1, s1) = results["8dev"], results["1dev"]
-    np.testing.assert_allclose(l8, l1, atol=1e-5, rtol=1e-5)
-    for tree in ("params", "batch_stats", "ema_params"):
-        a, b = _flat(getattr(s8, tree)), _flat(getattr(s1, tree))
-        for k in a:
-            np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=1e-5, err_msg=f"{tree}/{k}")
-    np.testing.assert_allclose(s8.queue, s1.queue, atol=1e-5)
-    np.testing.assert_array_equal(s8.queue_ids, s1.queue_ids)
-    np.testing.assert_array_equal(s8.queue_ptr, s1.queue_ptr)
+    l1, s1 = results["1dev"]
+    for name in ("8dev", "4dev"):
+        ln, sn = results[name]
+        np.testing.assert_allclose(ln, l1, atol=1e-5, rtol=1e-5, err_msg=name)
+        for tree in ("params", "batch_stats", "ema_params"):
+            a, b = _flat(getattr(sn, tree)), _flat(getattr(s1, tree))
+            for k in a:
+                np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=1e-5, err_msg=f"{name} {tree}/{k}")
+        np.testing.assert_allclose(sn.queue, s1.queue, atol=1e-5)
+        np.testing.assert_array_equal(sn.queue_ids, s1.queue_ids)
+        np.testing.assert_array_equal(sn.queue_ptr, s1.queue_ptr)
+
+
+def test_mix_group_that_does_not_divide_the_per_device_batch_is_a_clear_error():
+    config = load_config("test", "stage2")
+    config.mix.group = 3
+    encoder, head, state, labels = fresh_state(config)
+    mesh = data_mesh(jax.devices()[:4])
+    step = shard_train_step(make_train_step(encoder, head, step_options(config), optim.trainable_mask(labels)), mesh)
+    batch = global_batch(synthetic_batch(16, config.data.clip_seconds, 0), mesh)
+    with pytest.raises(ValueError, match="group_size=3"):
+        step(replicate(state, mesh), batch, jax.random.key(0))
 
 
 def test_bfloat16_compute_keeps_float32_state():

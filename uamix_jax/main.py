@@ -1,11 +1,15 @@
-"""Command line: parse flags, then train (stage 1 / 2), run the demo, or evaluate. Nothing else.
+"""Command line: parse flags, then run the config's task (one table below). Nothing else.
 
+    python -m uamix_jax.main --config=configs/pretrain_mae.py --workdir=W0
     python -m uamix_jax.main --config=configs/stage1.py --workdir=W1 --config.init_from=ckpt/audiomae
     python -m uamix_jax.main --config=configs/stage2.py --workdir=W2 --config.init_from=W1
+    python -m uamix_jax.main --config=configs/finetune.py:esc50 --workdir=W3 --config.init_from=W2
+    python -m uamix_jax.main --config=configs/fewshot.py --workdir=OUT --config.init_from=W2
     python -m uamix_jax.main --config=configs/stage2.py:demo --workdir=/tmp/uamix_demo
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 from absl import app, flags, logging
@@ -17,6 +21,24 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/stage1.py or configs/stage2.py:demo.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+
+# config.task → the function that runs it, called as fn(config, workdir); imported only when chosen.
+TASKS = {
+    "tune": "uamix_jax.train.loop:train_and_evaluate",  # uaMix-MAE contrastive tuning, stage 1 or 2
+    "demo": "uamix_jax.train.demo:run_demo",  # synthetic data, stage 1 → stage 2 → few-shot before/after
+    "pretrain": "uamix_jax.train.pretrain:pretrain",  # AudioMAE's masked-autoencoder pretraining
+    "finetune": "uamix_jax.train.finetune:finetune",  # AudioMAE's fine-tuning recipe (the paper's Table 4)
+    "fewshot": "uamix_jax.evaluation.fewshot_main:run_fewshot",  # N-way K-shot episodes (Table 2, Fig. 3)
+    "linear_probe": "uamix_jax.evaluation.linear_probe:run_linear_probe",  # frozen encoder, linear classifier
+}
+
+
+def task_function(task: str):
+    """The function that runs `task` (a key of TASKS)."""
+    if task not in TASKS:
+        raise app.UsageError(f"config.task={task!r} is not a task; choose one of {sorted(TASKS)}")
+    module, name = TASKS[task].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class _QuietLibraries:
@@ -41,18 +63,9 @@ def main(argv: list[str]) -> None:
                  jax.devices()[0].platform)
     config = FLAGS.config
     workdir = os.path.abspath(FLAGS.workdir)
-    if "mode" in config and config.mode == "fewshot":
-        from uamix_jax.evaluation.fewshot_main import run_fewshot
-
-        run_fewshot(config, workdir)
-    elif config.demo:
-        from uamix_jax.train.demo import run_demo
-
-        run_demo(config, workdir)
-    else:
-        from uamix_jax.train.loop import train_and_evaluate
-
-        train_and_evaluate(config, workdir)
+    if "task" not in config:
+        raise app.UsageError(f"the config has no `task` field; it must name one of {sorted(TASKS)}")
+    task_function(config.task)(config, workdir)
 
 
 if __name__ == "__main__":

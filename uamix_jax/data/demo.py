@@ -14,6 +14,8 @@ from collections.abc import Callable
 import numpy as np
 import soundfile as sf
 
+from uamix_jax.audio.fbank import SAMPLE_RATE
+
 Synth = Callable[[np.random.Generator, np.ndarray, int], np.ndarray]
 
 
@@ -88,7 +90,7 @@ def synthesize_clip(class_name: str, rng: np.random.Generator, seconds: float, s
 
 
 def make_demo_dataset(root: str | os.PathLike, *, num_classes: int = 6, clips_per_class: int = 24,
-                      seconds: float = 2.0, sample_rate: int = 16000, seed: int = 0, odd_formats: bool = True) -> str:
+                      seconds: float = 2.0, sample_rate: int = SAMPLE_RATE, seed: int = 0, odd_formats: bool = True) -> str:
     """Writes `num_classes` x `clips_per_class` WAV clips to `root/<class>/<class>_<k>.wav` and returns root.
 
     Classes are the first `num_classes` of DEMO_CLASSES. With odd_formats, clip k % 8 == 3 is written at 44.1 kHz

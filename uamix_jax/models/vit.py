@@ -96,23 +96,52 @@ class PatchEmbed(nn.Module):
         return PatchProj(self.width, self.patch_size, self.dtype, name="proj")(x)
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn")
+_HALF_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def resolve_attention(attention: str, dtype: Dtype, head_dim: int) -> str:
+    """The attention path `attention` names: 'auto' → 'cudnn' on a GPU backend with a bf16/fp16 compute dtype and a
+    head width cuDNN's fused kernel takes (a multiple of 8, at most 128), else 'einsum' (cuDNN has no float32 path).
+    """
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"AudioMAEEncoder.attention (config.model.attention) must be one of "
+                         f"{ATTENTION_IMPLEMENTATIONS}, got {attention!r}")
+    half = jnp.dtype(dtype) in tuple(jnp.dtype(d) for d in _HALF_DTYPES)
+    if attention == "auto":
+        fits = head_dim % 8 == 0 and head_dim <= 128
+        return "cudnn" if jax.default_backend() == "gpu" and half and fits else "einsum"
+    if attention == "cudnn" and not half:
+        raise ValueError(f"attention='cudnn' needs a bfloat16 or float16 compute dtype (cuDNN's fused attention "
+                         f"has no float32 path), got {jnp.dtype(dtype).name}; use 'auto', 'xla' or 'einsum'")
+    return attention
+
+
 class Attention(nn.Module):
     """timm's fused-qkv multi-head self-attention: softmax(q kᵀ / √d_h) v per head, then `proj`.
 
     x [B, N, D] → [B, N, D]. `qkv` output channel o = s·D + h·d_h + d with s ∈ {q, k, v} (timm's reshape to
     (B, N, 3, H, d_h)), so a converted AudioMAE kernel splits exactly like the torch model. Logits, exponentials
-    and the softmax denominator are float32 in every compute dtype.
+    and the softmax denominator are float32 in every compute dtype. `attention` picks the path (same parameters,
+    same maths): 'einsum' (written here; fastest on CPU), 'xla' or 'cudnn' (`jax.nn.dot_product_attention` with
+    that implementation; cuDNN's fused kernel needs bf16/fp16), 'auto' (`resolve_attention`).
     """
 
     width: int
     num_heads: int
     dtype: Dtype = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, n, d = x.shape
         head_dim = d // self.num_heads
+        implementation = resolve_attention(self.attention, self.dtype, head_dim)
         qkv = _dense(3 * d, "qkv", self.dtype)(x).reshape(b, n, 3, self.num_heads, head_dim)
+        if implementation != "einsum":
+            out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], scale=head_dim**-0.5,
+                                               implementation=implementation)  # [B, N, H, d_h]
+            return _dense(d, "proj", self.dtype)(out.astype(self.dtype).reshape(b, n, d))
         # Scaling q (N·D values) instead of the logits (H·N² values) is the same product, done where it is cheaper.
         q = qkv[:, :, 0] * jnp.asarray(head_dim**-0.5, qkv.dtype)
         k, v = qkv[:, :, 1], qkv[:, :, 2]
@@ -153,6 +182,7 @@ class Block(nn.Module):
     drop_path_rate: float = 0.0
     train: bool = False
     dtype: Dtype = jnp.float32
+    attention: str = "auto"
 
     def _drop_path(self, y: jax.Array) -> jax.Array:
         if not self.train or self.drop_path_rate == 0.0:
@@ -163,7 +193,8 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = Attention(self.width, self.num_heads, self.dtype, name="attn")(_layer_norm("norm1", self.dtype)(x))
+        attn = Attention(self.width, self.num_heads, self.dtype, self.attention, name="attn")
+        y = attn(_layer_norm("norm1", self.dtype)(x))
         x = x + self._drop_path(y)
         y = Mlp(self.width, self.mlp_dim, self.dtype, name="mlp")(_layer_norm("norm2", self.dtype)(x))
         return x + self._drop_path(y)
@@ -195,6 +226,7 @@ class AudioMAEEncoder(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     drop_path_rate: float = 0.0
+    attention: str = "auto"  # 'auto' | 'einsum' | 'xla' | 'cudnn' (Attention; `resolve_attention`)
 
     @classmethod
     def from_size(cls, name: str, **overrides: Any) -> "AudioMAEEncoder":
@@ -224,7 +256,11 @@ class AudioMAEEncoder(nn.Module):
                                  f"patch_size={self.patch_size}")
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, keep: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """`keep` [B, n] int32: run on these patch tokens only (after the positional table is added), as MAE
+        pretraining and AudioMAE's fine-tuning masks do; the tokens come out in `keep`'s order, cls first."""
         self._check_config()
         chex.assert_rank(x, 3, custom_message=(
             f"AudioMAEEncoder expects fbank [batch, time, mel] = [B, {self.target_length}, {self.num_mel_bins}]"))
@@ -239,6 +275,11 @@ class AudioMAEEncoder(nn.Module):
         table = positional_table(self.width, self.target_length, num_mel_bins=self.num_mel_bins,
                                  patch_size=self.patch_size, policy=self.posemb)
         tokens = tokens + jnp.asarray(table[1:], self.dtype)
+        if keep is not None:
+            chex.assert_rank(keep, 2)
+            chex.assert_type(keep, jnp.integer)
+            chex.assert_equal(keep.shape[0], x.shape[0])
+            tokens = jnp.take_along_axis(tokens, keep[:, :, None], axis=1)
         cls = self.param("cls_token", nn.initializers.normal(stddev=0.02), (1, 1, self.width), jnp.float32)
         # The cls row of the table is zero, so cls enters as is.
         cls = jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width))
@@ -248,7 +289,7 @@ class AudioMAEEncoder(nn.Module):
         rates = np.linspace(0.0, self.drop_path_rate, self.depth)
         for i in range(self.depth):
             z = block_cls(self.width, self.num_heads, self.mlp_dim, drop_path_rate=float(rates[i]), train=train,
-                          dtype=self.dtype, name=f"blocks_{i}")(z)
+                          dtype=self.dtype, attention=self.attention, name=f"blocks_{i}")(z)
 
         if self.pooling == "norm_mean":
             z = _layer_norm("norm", self.dtype)(z)

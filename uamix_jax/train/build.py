@@ -6,7 +6,6 @@ the projector, as MAE-CT does). Every loaded array must have the shape of the fr
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -14,26 +13,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import traverse_util
 
+from uamix_jax.audio.features import resolve_stats
+from uamix_jax.interop.workdir import assign_tree, is_training_workdir, restore_state_dict
 from uamix_jax.models.head import NNCLRHead
+from uamix_jax.models.precision import compute_dtype
 from uamix_jax.models.vit import AudioMAEEncoder
 from uamix_jax.objectives.queue import init_queue
 from uamix_jax.train import optim
 from uamix_jax.train.state import TrainState
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-    if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-    return DTYPES[config.dtype]
+from uamix_jax.train.step import StepOptions
 
 
 def build_models(config: ml_collections.ConfigDict, *, axis_name: str | None = "data") -> tuple[AudioMAEEncoder, NNCLRHead]:
     """The encoder (config.model) and the NNCLR head (config.head) at the config's compute dtype."""
-    dtype = compute_dtype(config)
+    dtype = compute_dtype(config.dtype)
     m = config.model
     encoder = AudioMAEEncoder.from_size(
         m.size, target_length=m.target_length, pooling=m.pooling, posemb=m.posemb, remat=m.remat, dtype=dtype)
@@ -41,6 +35,27 @@ def build_models(config: ml_collections.ConfigDict, *, axis_name: str | None = "
         proj_hidden_dim=config.head.proj_hidden_dim, proj_dim=config.head.proj_dim,
         pred_hidden_dim=config.head.pred_hidden_dim, axis_name=axis_name, dtype=dtype)
     return encoder, head
+
+
+def step_options(config: ml_collections.ConfigDict) -> StepOptions:
+    """The tuning step's static options, read once from the config."""
+    a = config.augment
+    return StepOptions(
+        stage=config.stage,
+        target_length=config.model.target_length,
+        stats=resolve_stats(config.data.stats),
+        gain=(a.gain_min, a.gain_max) if a.gain_max > 0 else None,
+        freq_mask=a.freq_mask,
+        time_mask=a.time_mask,
+        mix_method=config.mix.method,
+        mix_alpha=config.mix.alpha,
+        mix_width=config.mix.width,
+        mix_group=config.mix.group,
+        label_smoothing=config.mix.label_smoothing,
+        temperature=config.nnclr.temperature,
+        top_k=config.nnclr.top_k,
+        ema_momentum=config.nnclr.ema_momentum,
+    )
 
 
 def make_tx(
@@ -83,44 +98,30 @@ def create_state(
         queue_ids=queue_ids,
         queue_labels=queue_labels,
         queue_ptr=ptr,
-        trainable=tuple(bool(t) for t in jax.tree.leaves(optim.trainable_mask(labels))),
     )
     return state, labels, schedule
 
 
-def _assign(tree: Any, loaded: Any, what: str, source: str) -> Any:
-    """`loaded` in place of `tree`, after checking every path and shape agree."""
-    want = {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
-    got = {"/".join(k): v for k, v in traverse_util.flatten_dict(loaded).items()}
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    bad = [f"{k}: expected {tuple(want[k].shape)}, found {tuple(np.shape(got[k]))}"
-           for k in sorted(set(want) & set(got)) if tuple(want[k].shape) != tuple(np.shape(got[k]))]
-    if missing or extra or bad:
-        raise ValueError(
-            f"{source}: its {what} does not fit config.model/config.head: missing {missing[:6]}, unexpected "
-            f"{extra[:6]}, mis-shaped {bad[:6]}. Use the model size, pooling ('fc_norm' for "
-            f"fine-tuned AudioMAE checkpoints) and head sizes it was trained with.")
-    out = {k: jnp.asarray(got[k], want[k].dtype) for k in want}
-    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})
-
-
-def is_training_workdir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "checkpoints"))
+_FIT_HINT = ("Use the model size, pooling ('fc_norm' for fine-tuned AudioMAE checkpoints) and head sizes it was "
+             "trained with.")
 
 
 def load_init(state: TrainState, init_from: str, *, stage: int, target_length: int, posemb: str) -> TrainState:
     """Fills a fresh state from `init_from` (see the module docstring). Optimizer state and step stay fresh."""
     params = dict(state.params)
     if is_training_workdir(init_from):
-        from uamix_jax.train.checkpoint import restore_state_dict
-
         saved = restore_state_dict(init_from)
-        params["encoder"] = _assign(params["encoder"], saved["params"]["encoder"], "encoder", init_from)
+        params["encoder"] = assign_tree(params["encoder"], saved["params"]["encoder"], "encoder", init_from,
+                                        hint=_FIT_HINT)
         if stage == 1:  # a tuned encoder under a fresh head
             logging.info("init_from %s: encoder only (stage 1 trains a fresh head)", init_from)
             return state.replace(params=params)
-        params["head"] = _assign(params["head"], saved["params"]["head"], "head", init_from)
-        batch_stats = _assign(state.batch_stats, saved["batch_stats"], "head BatchNorm statistics", init_from)
+        if "head" not in saved["params"]:
+            raise ValueError(f"{init_from}: stage 2 starts from a stage-1 workdir (encoder, head, queue), but this "
+                             f"workdir holds {sorted(saved['params'])}; run stage 1 from it first")
+        params["head"] = assign_tree(params["head"], saved["params"]["head"], "head", init_from, hint=_FIT_HINT)
+        batch_stats = assign_tree(state.batch_stats, saved["batch_stats"], "head BatchNorm statistics", init_from,
+                                  hint=_FIT_HINT)
         queue = jnp.asarray(saved["queue"], jnp.float32)
         if queue.shape != state.queue.shape:
             raise ValueError(f"{init_from}: queue is {queue.shape}, this config wants {state.queue.shape} "
@@ -140,7 +141,28 @@ def load_init(state: TrainState, init_from: str, *, stage: int, target_length: i
     from uamix_jax.interop.audiomae import load_audiomae
 
     _, variables = load_audiomae(init_from, target_length=target_length, posemb=posemb)
-    params["encoder"] = _assign(params["encoder"], variables["params"], "AudioMAE encoder", init_from)
+    params["encoder"] = assign_tree(params["encoder"], variables["params"], "AudioMAE encoder", init_from,
+                                    hint=_FIT_HINT)
     logging.info("init_from %s: AudioMAE encoder; the head starts fresh", init_from)
     changes: dict[str, Any] = {"params": params}
     return state.replace(**changes)
+
+
+def periodic_fewshot(config: ml_collections.ConfigDict, encoder: AudioMAEEncoder) -> tuple[Any, int]:
+    """(evaluate(state, step) → {name: value}, every) for config.fewshot.every > 0, else (None, 0).
+
+    N-way K-shot accuracy of the encoder being trained on the labelled set config.fewshot.data, as big_vision's
+    few-shot evaluator runs beside training (`uamix_jax.evaluation.periodic`).
+    """
+    f = config.fewshot
+    every = int(f.get("every", 0))
+    if every <= 0:
+        return None, 0
+    from uamix_jax.evaluation.periodic import PeriodicFewShot
+
+    evaluator = PeriodicFewShot.from_config(f, encoder)
+
+    def evaluate(state: TrainState, step: int) -> dict[str, float]:
+        return evaluator(jax.device_get(state.params["encoder"]), step)
+
+    return evaluate, every

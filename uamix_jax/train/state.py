@@ -11,7 +11,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 from flax.training import train_state
 
 
@@ -25,22 +24,18 @@ class TrainState(train_state.TrainState):
     queue_ids: jax.Array | None = None
     queue_labels: jax.Array | None = None
     queue_ptr: jax.Array | None = None
-    # one bool per leaf of `params` (in jax.tree.leaves order): hashable, so it can be static under jit
-    trainable: tuple[bool, ...] = struct.field(pytree_node=False, default=())
 
     def apply_trainable_gradients(self, grads: Any, **changes: Any) -> "TrainState":
         """One optimizer step from gradients of the trainable leaves only.
 
-        `grads` has None on frozen leaves. Frozen parameters are carried over untouched (bitwise), not
-        updated by a zero step (x + 0.0 would flip −0.0 to +0.0).
+        `grads` is the params tree with None on frozen leaves (`optim.split_trainable`'s trainable half, so the
+        path-keyed trainable mask is the one place that says what trains). Frozen parameters are carried over
+        untouched (bitwise), not updated by a zero step (x + 0.0 would flip −0.0 to +0.0).
         """
-        full = jax.tree.map(
-            lambda g, p: jnp.zeros_like(p) if g is None else g, grads, self.params, is_leaf=lambda x: x is None
-        )
+        is_none = lambda x: x is None  # noqa: E731
+        full = jax.tree.map(lambda g, p: jnp.zeros_like(p) if g is None else g, grads, self.params, is_leaf=is_none)
         updates, opt_state = self.tx.update(full, self.opt_state, self.params)
-        leaves, treedef = jax.tree.flatten(self.params)
-        new = [p + u if keep else p for keep, p, u in zip(self.trainable, leaves, jax.tree.leaves(updates))]
-        params = jax.tree.unflatten(treedef, new)
+        params = jax.tree.map(lambda g, p, u: p if g is None else p + u, grads, self.params, updates, is_leaf=is_none)
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state, **changes)
 
 

@@ -27,7 +27,7 @@ from uamix_jax.objectives.losses import soft_nnclr_loss, soft_targets
 from uamix_jax.objectives.mixing import mix_groups
 from uamix_jax.objectives.neighbours import nearest_neighbour_with_index
 from uamix_jax.objectives.queue import update_queue
-from uamix_jax.train.optim import merge_trainable
+from uamix_jax.train.optim import merge_trainable, split_trainable
 from uamix_jax.train.state import TrainState, ema_update
 
 AXIS = "data"
@@ -46,7 +46,7 @@ class StepOptions:
     mix_method: str = "t_cutmix"
     mix_alpha: float = 1.0
     mix_width: str = "sqrt"
-    mix_group: int = 0  # 0: the per-device batch
+    mix_group: int = 16  # samples per mix group (one λ and box each); 0: the per-device batch
     label_smoothing: float = 0.0
     temperature: float = 0.15
     top_k: int = 1
@@ -70,10 +70,12 @@ def _ema_project(head: NNCLRHead, params: Any, stats: Any, emb: jax.Array) -> ja
 
 
 def make_train_step(
-    encoder: AudioMAEEncoder, head: NNCLRHead, options: StepOptions
+    encoder: AudioMAEEncoder, head: NNCLRHead, options: StepOptions, trainable: Any
 ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """The per-device step(state, batch, key) → (state, metrics); call it inside shard_map over axis 'data'.
 
+    `trainable`: the params tree of bools saying which leaves train (`optim.trainable_mask(labels)`); only those
+    are differentiated and updated.
     batch: device-local rows of `waveform` [b, N] float32, `length` [b] int32, `index` [b] int32 (clip id: the queue's
     sample id), `label` [b] int32 (−1 unknown; only for the neighbours' label accuracy). key: the run's base key;
     the step folds in state.step. head must be built with axis_name='data'.
@@ -102,9 +104,7 @@ def make_train_step(
         x = jnp.concatenate([mixed, view_b], axis=0)  # one encoder call for both views
         ids = batch["index"]
 
-        leaves, treedef = jax.tree.flatten(state.params)
-        trainable = jax.tree.unflatten(treedef, [p if t else None for t, p in zip(state.trainable, leaves)])
-        frozen = jax.tree.unflatten(treedef, [None if t else p for t, p in zip(state.trainable, leaves)])
+        train_params, frozen = split_trainable(state.params, trainable)
 
         if o.stage == 1:  # the encoder is frozen: run it outside the gradient
             _, emb_frozen = encoder.apply({"params": state.params["encoder"]}, x)
@@ -131,7 +131,7 @@ def make_train_step(
                 p_a, p_b, nn_a, nn_b, targets, o.temperature, axis_name=AXIS, label_smoothing=o.label_smoothing)
             return loss, (stats, jax.lax.stop_gradient(z_b), nn_b_index)
 
-        (loss, (batch_stats, z_b, nn_index)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        (loss, (batch_stats, z_b, nn_index)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_params)
 
         changes: dict[str, Any] = {"batch_stats": batch_stats}
         new_state = state.apply_trainable_gradients(grads, **changes)
