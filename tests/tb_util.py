@@ -1,37 +1,33 @@
-"""Reads TensorBoard event files back with tensorboardX's protobuf classes and CRC (an oracle independent of ours)."""
+"""Reads TensorBoard event files back with TensorBoard's own reader (`EventAccumulator`), an oracle independent of
+the writer: it checks each record's CRCs, parses the protobufs and applies TensorBoard's purge rule (a SessionLog
+START at step s drops the values with step >= s read before it, from the files of a run read in name order)."""
 from __future__ import annotations
 
 import pathlib
-import struct
+import sys
+import types
 
-from tensorboardX.proto import event_pb2
-from tensorboardX.record_writer import masked_crc32c
+# TensorBoard reads event files with its own pure-Python stub of the TensorFlow API unless TensorFlow is importable,
+# and importing TensorFlow (a test dependency of other tests) costs ~10 s. A `tensorboard.compat.notf` module is
+# TensorBoard's switch (its `no_tensorflow` build target) for using the stub unconditionally.
+sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+try:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+except ImportError as e:  # a test dependency (setup.py's "test" extra)
+    raise ImportError("tests/tb_util.py reads event files with TensorBoard's EventAccumulator: "
+                      "`pip install tensorboard` (or `pip install -e .[test]`)") from e
 
 
-def read_events(path: str | pathlib.Path) -> list[event_pb2.Event]:
-    """Every Event of a TFRecord event file, checking both CRCs of each frame."""
-    data = pathlib.Path(path).read_bytes()
-    events, pos = [], 0
-    while pos < len(data):  # frame: u64 length | u32 masked crc(length) | payload | u32 masked crc(payload)
-        header = data[pos:pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header), f"{path}: bad length crc"
-        payload = data[pos + 12:pos + 12 + length]
-        assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == masked_crc32c(payload), path
-        events.append(event_pb2.Event.FromString(payload))
-        pos += 16 + length
-    return events
+def load_run(logdir: str | pathlib.Path) -> EventAccumulator:
+    """Every event of the run in `logdir`, all scalars kept (no reservoir sampling)."""
+    accumulator = EventAccumulator(str(logdir), size_guidance={"scalars": 0}, purge_orphaned_data=True)
+    return accumulator.Reload()
 
 
 def scalar_series(logdir: str | pathlib.Path, tag: str) -> dict[int, float]:
-    """step → value of `tag` over the event files of `logdir` in creation order, applying TensorBoard's purge rule:
-    a SessionLog START at step s drops the values with step >= s read before it."""
-    series: dict[int, float] = {}
-    for path in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns):
-        for event in read_events(path):
-            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
-                series = {k: v for k, v in series.items() if k < event.step}
-            for value in event.summary.value:
-                if value.tag == tag:
-                    series[event.step] = value.simple_value
-    return series
+    """step → value of `tag` as TensorBoard shows it for the run in `logdir`."""
+    run = load_run(logdir)
+    if tag not in run.Tags()["scalars"]:
+        raise KeyError(f"no scalar tag {tag!r} in {logdir}; tags: {run.Tags()['scalars']}")
+    return {event.step: event.value for event in run.Scalars(tag)}

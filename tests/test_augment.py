@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uamix_jax.audio.augment import augment_view, eval_view, make_views, scaled_time_mask
+from uamix_jax.audio.augment import LOG_FLOOR, augment_view, eval_view, make_views, scaled_time_mask
+from uamix_jax.audio.fbank import kaldi_fbank
 from uamix_jax.audio.features import DATASET_STATS
 
 MEAN, STD = DATASET_STATS["audioset"]
@@ -102,6 +103,28 @@ def test_gain_is_one_log_domain_shift_on_valid_frames_only():
     assert np.ptp(shifts) > 0.5
 
 
+@pytest.mark.parametrize("g", [0.5, 1.5])
+def test_gain_keeps_floored_bins_at_the_floor(g):
+    """A real 128-bin fbank of 0.3 s of noise then 0.3 s of digital silence: mel channel 3 (no FFT bin) and the
+    silent frames sit at ln ε; a gain g leaves them there and shifts every other bin by 2 ln g."""
+    rng = np.random.default_rng(0)
+    wave = np.concatenate([0.1 * rng.standard_normal(4800), np.zeros(4800)]).astype(np.float32)
+    x = np.asarray(kaldi_fbank(wave), np.float64)  # [58, 128]
+    n = x.shape[0]
+    floored = x <= LOG_FLOOR + 1e-4
+    assert floored[:, 3].all() and floored[-20:].all()  # channel 3 everywhere; the frames inside the silence
+    assert abs(LOG_FLOOR - -15.942385) < 1e-6 and (x[~floored] > LOG_FLOOR + 1.0).all()
+    y = denorm(view(jax.random.key(0), jnp.asarray(x, jnp.float32), jnp.int32(n), gain=(g, g), freq_mask=0,
+                    time_mask=0))[:n]
+    np.testing.assert_allclose(y[floored], LOG_FLOOR, atol=1e-4)
+    np.testing.assert_allclose(y[~floored], x[~floored] + 2 * np.log(g), atol=1e-4)
+    # A real gain cannot push energy below the floor: log(max(g² E, ε)).
+    near = fbank_with(40)
+    near[5, 2] = LOG_FLOOR + 0.5
+    y = denorm(view(jax.random.key(0), near, jnp.int32(40), gain=(g, g), freq_mask=0, time_mask=0))
+    np.testing.assert_allclose(y[5, 2], max(LOG_FLOOR + 0.5 + 2 * np.log(g), LOG_FLOOR), atol=1e-4)
+
+
 def test_views_are_deterministic_by_key():
     x = jnp.asarray(fbank_with(90))
     a, b = view(jax.random.key(3), x, jnp.int32(90)), view(jax.random.key(3), x, jnp.int32(90))
@@ -146,5 +169,7 @@ def test_input_checks():
     with pytest.raises(AssertionError):
         make_views(jax.random.key(0), jnp.zeros((2, T_IN, F)), jnp.zeros((3,), jnp.int32), jnp.zeros((2,), jnp.int32),
                    target_length=L)
-    with pytest.raises(KeyError, match="unknown stats 'as'"):
+    with pytest.raises(ValueError, match="unknown normalisation stats 'as'"):
         eval_view(jnp.zeros((T_IN, F)), jnp.int32(3), L, stats="as")
+    with pytest.raises(ValueError, match="std > 0"):  # checked here too since resolve_stats is shared
+        augment_view(jax.random.key(0), jnp.zeros((T_IN, F)), jnp.int32(3), target_length=L, stats=(-4.0, 0.0))

@@ -158,6 +158,9 @@ def test_policy_errors():
         InputPolicy(crop="random")
     with pytest.raises(ValueError, match="unknown normalisation stats 'imagenet'"):
         InputPolicy(stats="imagenet")
+    with pytest.raises(ValueError, match="std > 0"):
+        InputPolicy(stats=(-4.0, 0.0))
+    assert InputPolicy(stats=[-6, 5]).mean_std() == (-6.0, 5.0)
     encoder, variables = random_encoder("test", target_length=T)
     with pytest.raises(ValueError, match="built for T = 128 frames but the input policy has target_length = 256"):
         embed.make_embed_fn(encoder, InputPolicy(target_length=256))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from uamix_jax.audio import fbank as fbank_module
-from uamix_jax.audio.fbank import kaldi_fbank, kaldi_mel_banks, num_frames
+from uamix_jax.audio.fbank import frames_to_samples, kaldi_fbank, kaldi_mel_banks, num_frames
 
 REFERENCE = Path(__file__).parent / "data" / "fbank_reference.npz"
 LOG_EPS = -15.942385  # log(float32 eps = 1.1920929e-7)
@@ -215,6 +215,23 @@ def test_frame_count_is_snip_edges(n):
     shape = jax.eval_shape(kaldi_fbank, jax.ShapeDtypeStruct((3, n), jnp.float32)).shape
     assert shape == (3, 1 + (n - 400) // 160, 128)
     assert num_frames(n) == 1 + (n - 400) // 160
+
+
+def test_audiomae_constants_are_the_fbank_defaults():
+    """16 kHz, 25 ms frames (400 samples) every 10 ms (160 samples), defined once and exported by uamix_jax.audio."""
+    import uamix_jax.audio as audio
+    from uamix_jax.audio import io as audio_io
+
+    assert (audio.SAMPLE_RATE, audio.FRAME_LENGTH, audio.FRAME_SHIFT) == (16000, 400, 160)
+    assert audio_io.SAMPLE_RATE is audio.SAMPLE_RATE
+    assert math.log(np.float32(fbank_module.ENERGY_FLOOR)) == pytest.approx(LOG_EPS, abs=1e-6)
+    assert num_frames(audio.FRAME_LENGTH) == 1 and num_frames(audio.FRAME_LENGTH - 1) == 0
+    for t in (1, 2, 128, 1024):
+        n = frames_to_samples(t)
+        assert num_frames(n) == t and num_frames(n - 1) == t - 1  # the fewest samples that make t frames
+    assert frames_to_samples(1024) == 164080
+    with pytest.raises(ValueError, match="at least one frame"):
+        frames_to_samples(0)
 
 
 def test_rejects_clips_shorter_than_one_frame_and_integer_samples():

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from uamix_jax.audio.fbank import kaldi_fbank
 from uamix_jax.audio.features import (DATASET_STATS, audiomae_features, load_audiomae_input, n_valid_frames,
-                                      normalize_fbank, pad_or_crop_frames, waveform_to_fbank)
+                                      normalize_fbank, pad_or_crop_frames, resolve_stats, waveform_to_fbank)
 
 REFERENCE = Path(__file__).parent / "data" / "fbank_reference.npz"
 SR = 16000
@@ -39,6 +39,24 @@ def reference():
 def test_dataset_stats_are_audiomaes():
     assert DATASET_STATS == {"audioset": (-4.2677393, 4.5689974), "esc50": (-6.6268077, 5.358466),
                              "speechcommands": (-6.845978, 5.5654526)}
+
+
+def test_resolve_stats_names_pairs_and_errors():
+    for name, pair in DATASET_STATS.items():
+        assert resolve_stats(name) == pair
+    assert resolve_stats((-6.5, 5.25)) == (-6.5, 5.25)
+    assert resolve_stats([-6, np.float32(5.25)]) == (-6.0, 5.25)  # a list (JSON config) and numpy numbers
+    assert all(type(v) is float for v in resolve_stats([-6, np.float32(5.25)]))
+    with pytest.raises(ValueError, match=r"unknown normalisation stats 'AudioSet'.*\['audioset', 'esc50', "):
+        resolve_stats("AudioSet")
+    for bad_std in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"finite std > 0.*\(mean, std\) = \(-4.0, "):
+            resolve_stats((-4.0, bad_std))
+    with pytest.raises(ValueError, match="finite mean"):
+        resolve_stats((float("nan"), 1.0))
+    for bad in ((1.0,), (1.0, 2.0, 3.0), ("a", "b"), 4.5):
+        with pytest.raises(ValueError, match=r"a \(mean, std\) pair of numbers"):
+            resolve_stats(bad)
 
 
 def test_audiomae_features_match_audiomae_input(reference):
@@ -152,7 +170,7 @@ def test_audiomae_features_stats_target_length_and_batching():
     np.testing.assert_allclose(padded[:, :198], (fbank - mean) / (2 * std), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(padded[:, 198:], -mean / (2 * std), rtol=1e-6)  # zero padding, normalised
     np.testing.assert_allclose(padded[1, 73:198], -mean / (2 * std), rtol=1e-6)  # clip 1 has 73 frames
-    with pytest.raises(KeyError, match="audioset"):
+    with pytest.raises(ValueError, match="audioset"):
         audiomae_features(batch, length, stats="librispeech")
 
 

@@ -6,9 +6,16 @@ import pytest
 import torch
 from scipy import stats
 
-from uamix_jax.models.head import NNCLRHead, Projector, SyncBatchNorm, torch_linear_init
+from uamix_jax.models.head import NNCLRHead, Predictor, Projector, torch_linear_init
 
 SMALL = dict(proj_hidden_dim=12, proj_dim=6, pred_hidden_dim=10)
+
+
+@pytest.fixture(autouse=True)
+def _highest_precision():
+    """Float32 against a float64 PyTorch oracle: full-precision matmuls on any backend."""
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 def torch_head(d_in, hidden, out, pred_hidden):
@@ -80,12 +87,16 @@ def test_train_mode_matches_pytorch_outputs_and_running_stats():
     assert z.dtype == p.dtype == jnp.float32 and z.shape == p.shape == (16, 6)
     np.testing.assert_allclose(np.asarray(z), tz.numpy(), atol=2e-5)
     np.testing.assert_allclose(np.asarray(p), tp.numpy(), atol=2e-5)
-    # Running statistics, including PyTorch's unbiased running variance.
+    # Running statistics. PyTorch's running_var is m · 1 + (1 − m) · σ² · n/(n − 1) (unbiased), Flax's keeps the
+    # biased σ²: recover σ² from PyTorch's buffer and check Flax's m · 1 + (1 − m) · σ², and the export conversion.
+    m, n = 0.9, h.shape[0]
     for name, module, bns in (("projector", projector, [1, 4, 7]), ("predictor", predictor, [1])):
         for i, layer in enumerate(bns):
             got = updates["batch_stats"][name][f"bn{i}"]
             np.testing.assert_allclose(np.asarray(got["mean"]), module[layer].running_mean.numpy(), atol=1e-6)
-            np.testing.assert_allclose(np.asarray(got["var"]), module[layer].running_var.numpy(), rtol=1e-5)
+            biased = (module[layer].running_var.numpy() - m) / (1 - m) * (n - 1) / n
+            np.testing.assert_allclose(np.asarray(got["var"]), m + (1 - m) * biased, rtol=1e-5)
+            assert np.all(np.asarray(got["var"]) < module[layer].running_var.numpy())  # biased < unbiased
 
 
 def test_eval_mode_uses_running_stats_like_pytorch():
@@ -156,6 +167,29 @@ def test_bfloat16_mode_keeps_float32_params_stats_and_outputs():
     np.testing.assert_allclose(np.asarray(p16), np.asarray(p32), atol=0.1)
 
 
-def test_batchnorm_rejects_non_matrix_input():
+def test_running_variance_export_conversion_approaches_pytorch():
+    """After many steps on one batch, var · n/(n − 1) (the export's conversion) gives PyTorch's running_var: the only
+    inexact term is the initial 1's share 0.9^steps, scaled by n/(n − 1)."""
+    head, steps = Predictor(proj_dim=6, pred_hidden_dim=10), 150
+    z = jax.random.normal(jax.random.key(4), (16, 6))
+    variables = head.init(jax.random.key(0), z)
+    apply = jax.jit(lambda v: head.apply(v, z, mutable=["batch_stats"])[1])
+    for _ in range(steps):
+        variables = {"params": variables["params"], **apply(variables)}
+    _, predictor = torch_head(8, 12, 6, 10)
+    with torch.no_grad():
+        predictor[0].weight.copy_(torch.from_numpy(np.array(variables["params"]["linear0"]["kernel"], np.float64)).T)
+        predictor.train()
+        for _ in range(steps):
+            predictor(torch.from_numpy(np.asarray(z, np.float64)))
+    n = z.shape[0]
+    exported = np.asarray(variables["batch_stats"]["bn0"]["var"], np.float64) * n / (n - 1)
+    np.testing.assert_allclose(exported, predictor[1].running_var.numpy(), rtol=1e-5)
+    assert np.abs(np.asarray(variables["batch_stats"]["bn0"]["var"]) - predictor[1].running_var.numpy()).min() > 1e-3
+
+
+def test_head_rejects_non_matrix_input():
     with pytest.raises(AssertionError):
-        SyncBatchNorm().init(jax.random.key(0), jnp.ones((2, 3, 4)), use_running_average=False)
+        Projector(proj_hidden_dim=12, proj_dim=6).init(jax.random.key(0), jnp.ones((2, 3, 4)))
+    with pytest.raises(AssertionError):
+        Predictor(proj_dim=6, pred_hidden_dim=10).init(jax.random.key(0), jnp.ones((2, 3, 6)))

@@ -3,7 +3,9 @@
 Per view, independently, on a raw Kaldi log-mel fbank [T_in, F] whose frames past `n_valid` are 0.0:
   1. time crop to L = target_length frames: a uniform start in [0, n_valid - L] when n_valid > L, else the first L
      frames (zero padded);
-  2. gain: + 2 ln g on the valid frames, g ~ U(gain) (a waveform gain g scales the power spectrum by g^2);
+  2. gain: g ~ U(gain) scales the power spectrum by g², so on the valid frames x ← max(x + 2 ln g, ln ε), except
+     that bins at the energy floor ln ε (ε = float32 eps; digital silence, and mel channel 3 of 128 at 16 kHz, which
+     covers no FFT bin) stay at ln ε: their energy is 0 (or unknown below ε), and a gain leaves 0 at the floor;
   3. SpecAugment as AudioMAE: one frequency mask, width ~ U{0..freq_mask}, and one time mask, width
      ~ U{0..round(time_mask * L / 1024)}, each at a uniform start, set to 0 in the log domain;
   4. normalise (x - mean) / (2 std).
@@ -15,22 +17,18 @@ batch is split over devices.
 """
 from __future__ import annotations
 
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
 
-from uamix_jax.audio.features import DATASET_STATS, normalize_fbank
+from uamix_jax.audio.fbank import ENERGY_FLOOR
+from uamix_jax.audio.features import Stats, normalize_fbank, resolve_stats
 
-Stats = str | tuple[float, float]
-
-
-def _stats(stats: Stats) -> tuple[float, float]:
-    if isinstance(stats, str):
-        if stats not in DATASET_STATS:
-            raise KeyError(f"augment: unknown stats {stats!r}; use one of {sorted(DATASET_STATS)} or (mean, std)")
-        return DATASET_STATS[stats]
-    mean, std = stats
-    return float(mean), float(std)
+LOG_FLOOR = math.log(ENERGY_FLOOR)  # ln ε ≈ -15.942385, the value of a floored fbank bin
+# A bin within this of ln ε counts as floored: XLA's and numpy's float32 log may differ in the last bit.
+_FLOOR_TOLERANCE = 1e-4
 
 
 def scaled_time_mask(time_mask: int, target_length: int) -> int:
@@ -52,14 +50,14 @@ def augment_view(key: jax.Array, fbank: jax.Array, n_valid_frames: jax.Array, *,
     """One augmented, normalised view [target_length, F] of a raw log-mel fbank [T_in, F] (steps 1-4 above).
 
     n_valid_frames: int scalar, the frames of `fbank` that hold audio. gain=None, freq_mask=0, time_mask=0 turn the
-    corresponding step off; stats: a key of DATASET_STATS or (mean, std).
+    corresponding step off; stats: a key of DATASET_STATS or (mean, std) (`resolve_stats`).
     """
     chex.assert_rank(fbank, 2)
     chex.assert_rank(n_valid_frames, 0)
     chex.assert_type(n_valid_frames, int)
     if target_length < 1:
         raise ValueError(f"augment_view: target_length must be >= 1, got {target_length}")
-    mean, std = _stats(stats)
+    mean, std = resolve_stats(stats)
     t_in, n_bins = fbank.shape
     fbank = fbank.astype(jnp.float32)
     n_valid = jnp.clip(n_valid_frames.astype(jnp.int32), 0, t_in)
@@ -72,10 +70,12 @@ def augment_view(key: jax.Array, fbank: jax.Array, n_valid_frames: jax.Array, *,
     rows = jnp.arange(target_length) < jnp.minimum(n_valid, target_length)
     x = jnp.where(rows[:, None], x, 0.0)
 
-    # 2. gain on valid frames only: padding must stay 0 so it normalises to the pad value
+    # 2. gain on valid frames only (padding must stay 0 so it normalises to the pad value), floored bins unchanged
     if gain is not None:
         g = jax.random.uniform(k_gain, (), minval=gain[0], maxval=gain[1])
-        x = jnp.where(rows[:, None], x + 2.0 * jnp.log(g), 0.0)
+        floored = x <= LOG_FLOOR + _FLOOR_TOLERANCE
+        gained = jnp.where(floored, x, jnp.maximum(x + 2.0 * jnp.log(g), LOG_FLOOR))
+        x = jnp.where(rows[:, None], gained, 0.0)
 
     # 3. one frequency and one time mask
     f_max = min(freq_mask, n_bins)
@@ -117,7 +117,7 @@ def eval_view(fbank: jax.Array, n_valid_frames: jax.Array, target_length: int, s
     fbank [T_in, F] with a scalar n_valid_frames, or a batch [B, T_in, F] with n_valid_frames [B].
     """
     chex.assert_type(n_valid_frames, int)
-    mean, std = _stats(stats)
+    mean, std = resolve_stats(stats)
     if fbank.ndim == 3:
         chex.assert_shape(n_valid_frames, (fbank.shape[0],))
         return jax.vmap(lambda f, n: eval_view(f, n, target_length, stats))(fbank, n_valid_frames)

@@ -26,6 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# AudioMAE's input: 16 kHz audio in Kaldi frames of 25 ms every 10 ms. Every module takes these numbers from here.
+SAMPLE_RATE = 16000  # Hz
+FRAME_LENGTH = 400  # samples per frame (25 ms at 16 kHz)
+FRAME_SHIFT = 160  # samples per hop (10 ms at 16 kHz)
+ENERGY_FLOOR = 1.1920929e-7  # float32 eps: mel energies are floored here before the log, log(ENERGY_FLOOR) ≈ -15.94
+
 # Frames per lax.map step on CPU. The spectra of one block (about 2 MB at 512 points) stay in the CPU caches, which
 # makes the transform of 64 ten-second clips about twice as fast as one pass over the whole batch. GPUs and TPUs
 # get the whole batch in one step: serial steps would only idle them.
@@ -104,7 +110,7 @@ def _fbank_block(x: jax.Array, *, window: np.ndarray, mel: np.ndarray, window_sh
     return jnp.log(jnp.maximum(energies, eps))
 
 
-def num_frames(num_samples: int, *, sample_rate: int = 16000, frame_length_ms: float = 25.0,
+def num_frames(num_samples: int, *, sample_rate: int = SAMPLE_RATE, frame_length_ms: float = 25.0,
                frame_shift_ms: float = 10.0) -> int:
     """Kaldi's snip_edges frame count 1 + (N - window_size) // window_shift (0 when N < window_size)."""
     window_size = int(sample_rate * frame_length_ms * 0.001)
@@ -114,10 +120,17 @@ def num_frames(num_samples: int, *, sample_rate: int = 16000, frame_length_ms: f
     return 1 + (num_samples - window_size) // window_shift
 
 
-def kaldi_fbank(waveform: jax.Array | np.ndarray, *, sample_rate: int = 16000, num_mel_bins: int = 128,
+def frames_to_samples(n_frames: int) -> int:
+    """The fewest 16 kHz samples that make `n_frames` frames: (n_frames - 1) * FRAME_SHIFT + FRAME_LENGTH."""
+    if n_frames < 1:
+        raise ValueError(f"frames_to_samples: need at least one frame, got n_frames={n_frames}")
+    return (n_frames - 1) * FRAME_SHIFT + FRAME_LENGTH
+
+
+def kaldi_fbank(waveform: jax.Array | np.ndarray, *, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = 128,
                 frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0, low_freq: float = 20.0,
                 high_freq: float = 0.0, preemphasis: float = 0.97, remove_dc: bool = True,
-                energy_floor_eps: float = 1.1920929e-7) -> jax.Array:
+                energy_floor_eps: float = ENERGY_FLOOR) -> jax.Array:
     """Kaldi log-mel filterbank energies, equal to torchaudio.compliance.kaldi.fbank (see the module docstring).
 
     Args:

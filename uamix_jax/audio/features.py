@@ -11,7 +11,9 @@ The functions here do the same on a zero-padded batch [B, N] with true lengths [
 from __future__ import annotations
 
 import functools
+import math
 import os
+from collections.abc import Sequence
 from typing import Union
 
 import chex
@@ -21,6 +23,7 @@ import numpy as np
 
 from uamix_jax.audio import fbank as _fbank
 from uamix_jax.audio import io as _io
+from uamix_jax.audio.fbank import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE
 
 # (mean, std) of AudioMAE's fbank per dataset (AudioMAE's dataset.py / main_finetune_*.py); AudioSet's is also
 # what AudioMAE uses for k400.
@@ -30,32 +33,41 @@ DATASET_STATS: dict[str, tuple[float, float]] = {
     "speechcommands": (-6.845978, 5.5654526),
 }
 
-Stats = Union[str, tuple[float, float]]
+Stats = Union[str, Sequence[float]]
 
-_WINDOW = 400  # samples per frame at 16 kHz (25 ms)
-_SHIFT = 160  # samples per hop at 16 kHz (10 ms)
 NUM_MEL_BINS = 128
 
 
-def _resolve_stats(stats: Stats) -> tuple[float, float]:
+def resolve_stats(stats: Stats) -> tuple[float, float]:
+    """Normalisation statistics (mean, std) from a DATASET_STATS name ('audioset', ...) or a (mean, std) pair.
+
+    The one place that reads `config.data.stats`-style values: raises ValueError for an unknown name, a value that
+    is not a pair of numbers, or a std that is not finite and positive (the normalisation divides by 2 std).
+    """
     if isinstance(stats, str):
         if stats not in DATASET_STATS:
-            raise KeyError(f"unknown normalisation stats {stats!r}; use one of {sorted(DATASET_STATS)} "
-                           "or pass (mean, std) explicitly")
+            raise ValueError(f"unknown normalisation stats {stats!r} (config.data.stats); use one of "
+                             f"{sorted(DATASET_STATS)} or a (mean, std) pair")
         return DATASET_STATS[stats]
-    mean, std = stats
-    if not std > 0:
-        raise ValueError(f"normalisation std must be positive, got stats=({mean}, {std})")
-    return float(mean), float(std)
+    try:
+        mean, std = (float(v) for v in stats)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"normalisation stats (config.data.stats) must be a name in {sorted(DATASET_STATS)} or a "
+                         f"(mean, std) pair of numbers, got {stats!r}") from e
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"normalisation stats (config.data.stats) need a finite mean and a finite std > 0, got "
+                         f"(mean, std) = ({mean}, {std}); compute them over the training set's fbanks")
+    return mean, std
 
 
 def n_valid_frames(length: jax.Array | np.ndarray, num_frames: int | None = None) -> jax.Array:
-    """Frames that lie entirely inside the first `length` samples: max(0, 1 + (length - 400) // 160), int32.
+    """Frames that lie entirely inside the first `length` samples: max(0, 1 + (length - 400) // 160), int32
+    (FRAME_LENGTH = 400, FRAME_SHIFT = 160).
 
     Capped at `num_frames` (the frame count of the padded array) when given.
     """
     length = jnp.asarray(length, jnp.int32)
-    n = jnp.maximum(0, 1 + (length - _WINDOW) // _SHIFT)
+    n = jnp.maximum(0, 1 + (length - FRAME_LENGTH) // FRAME_SHIFT)
     return n if num_frames is None else jnp.minimum(n, num_frames)
 
 
@@ -135,7 +147,7 @@ def audiomae_features(waveform: jax.Array | np.ndarray, length: jax.Array | np.n
     Returns:
       float32 [B, target_length, 128]; padded frames hold -mean / (2 std), as in AudioMAE.
     """
-    mean, std = _resolve_stats(stats)
+    mean, std = resolve_stats(stats)
     fbank, _ = waveform_to_fbank(waveform, length)
     return normalize_fbank(pad_or_crop_frames(fbank, target_length), mean, std)
 
@@ -147,12 +159,12 @@ def load_audiomae_input(path: str | os.PathLike, *, target_length: int = 1024,
     load_audio (16 kHz mono) then audiomae_features: the same numbers as AudioMAE's `_wav2fbank` + padding/cropping +
     normalisation of the file. A clip shorter than one frame (400 samples) gives padding frames only.
     """
-    mean, std = _resolve_stats(stats)
-    wave = _io.load_audio(path, sample_rate=16000)
+    mean, std = resolve_stats(stats)
+    wave = _io.load_audio(path, sample_rate=SAMPLE_RATE)
     # Remove the whole clip's mean here, then cut the clip to exactly the samples that target_length frames read:
     # the output is the same as AudioMAE's, and every file of any length reuses one compiled function.
     wave = wave - np.mean(wave, dtype=np.float64).astype(np.float32)
-    num_samples = (target_length - 1) * _SHIFT + _WINDOW
+    num_samples = _fbank.frames_to_samples(target_length)
     length = min(wave.shape[0], num_samples)
     window = np.zeros((1, num_samples), np.float32)
     window[0, :length] = wave[:length]

@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000
+from uamix_jax.audio.fbank import SAMPLE_RATE
 
 
 class AudioLoadError(ValueError):

@@ -3,10 +3,19 @@
     projector: Dense(2048) → BN → ReLU → Dense(2048) → BN → ReLU → Dense(256) → BN(affine)
     predictor: Dense(4096) → BN → ReLU → Dense(256)
 
-Every Dense has no bias and PyTorch's default init U(±1/√fan_in); every BatchNorm follows PyTorch's
-`BatchNorm1d` defaults (eps 1e-5, momentum 0.1 ≡ Flax momentum 0.9, running variance updated with the unbiased
-batch variance). In training the head normalises with batch statistics; with `axis_name` set (inside
-`jax.shard_map`) those statistics cover the global per-view batch, as MAE-CT's SyncBatchNorm does.
+Every Dense has no bias and PyTorch's default `nn.Linear` init, kaiming_uniform(a=√5) = U(±1/√fan_in), written as
+the Flax initializer `variance_scaling(1/3, 'fan_in', 'uniform')` (limit √(3 · scale / fan_in) = 1/√fan_in).
+Every BatchNorm is `flax.linen.BatchNorm` with PyTorch's `BatchNorm1d` numbers (eps 1e-5, momentum 0.1 ≡ Flax
+momentum 0.9) and the two-pass variance E[(x − μ)²] (`use_fast_variance=False`). In training the head normalises
+with batch statistics; with `axis_name` set (inside `jax.shard_map`) those statistics cover the global per-view
+batch, as MAE-CT's SyncBatchNorm does. Variables per BN: params `scale`, `bias`; batch_stats `mean`, `var`.
+
+Running variance: Flax keeps the EMA of the *biased* batch variance σ², PyTorch the EMA of the unbiased one
+σ² · n/(n − 1) (n = global batch). Training is unaffected (both normalise with σ²); only eval-mode outputs of a head
+read the running variance. Exporting a head to PyTorch (the interop export, `--head`) therefore writes
+running_var = var · n/(n − 1), with n the global batch the head was trained with. That is exact for the batch-variance
+terms and scales the initial value 1's residual momentum^steps share too, which is negligible after a few hundred
+steps (0.9^100 < 3e-5).
 """
 from __future__ import annotations
 
@@ -19,57 +28,15 @@ import jax.numpy as jnp
 
 Dtype = Any
 
-
-def torch_linear_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
-    """PyTorch's default `nn.Linear` weight init for a Flax kernel [fan_in, fan_out]: U(−1/√fan_in, 1/√fan_in)."""
-    bound = 1.0 / jnp.sqrt(shape[0])
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+# PyTorch's `nn.Linear` default weight init for a Flax kernel [fan_in, fan_out]: U(−1/√fan_in, 1/√fan_in).
+torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-class SyncBatchNorm(nn.Module):
-    """PyTorch `BatchNorm1d` semantics on [B, C] inputs, statistics synced over `axis_name`.
-
-    Training: y = (x − μ) / √(σ² + eps) · γ + β with μ, σ² the (biased) mean and variance over the global batch
-    (B · axis size rows); running stats ← momentum · running + (1 − momentum) · (μ, σ² · n/(n−1)), n = global
-    batch, as PyTorch does. Statistics and the normalisation run in float32; the output is cast to `dtype`.
-    Variables: params `scale`, `bias` (when `affine`), batch_stats `mean`, `var` (float32).
-    """
-
-    momentum: float = 0.9
-    epsilon: float = 1e-5
-    affine: bool = True
-    axis_name: str | None = None
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, use_running_average: bool) -> jax.Array:
-        chex.assert_rank(x, 2)
-        features = x.shape[-1]
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-        x32 = x.astype(jnp.float32)
-        if use_running_average:
-            mean, var = ra_mean.value, ra_var.value
-        else:
-            # The mesh axis does not exist during `init` outside shard_map, so sync only when applying.
-            axis_name = None if self.is_initializing() else self.axis_name
-            n = x.shape[0] * (jax.lax.axis_size(axis_name) if axis_name else 1)
-            mean = x32.mean(axis=0)
-            if axis_name:
-                mean = jax.lax.pmean(mean, axis_name)
-            # Two-pass variance: E[(x − μ)²] stays accurate where E[x²] − μ² would cancel.
-            var = jnp.square(x32 - mean).mean(axis=0)
-            if axis_name:
-                var = jax.lax.pmean(var, axis_name)
-            if not self.is_initializing():
-                unbiased = var * (n / max(n - 1, 1))
-                ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
-        if self.affine:
-            y = y * self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-            y = y + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-        return y.astype(self.dtype)
+def batch_norm(*, momentum: float, epsilon: float, axis_name: str | None, dtype: Dtype, name: str) -> nn.BatchNorm:
+    """PyTorch `BatchNorm1d` numbers on a Flax BatchNorm: statistics (and the output before the cast to `dtype`) in
+    float32, parameters and running statistics float32, statistics synced over `axis_name` when applied."""
+    return nn.BatchNorm(momentum=momentum, epsilon=epsilon, axis_name=axis_name, use_fast_variance=False,
+                        dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def _dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
@@ -94,8 +61,8 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, *, train: bool = True) -> jax.Array:
         chex.assert_rank(h, 2)
-        bn = lambda i: SyncBatchNorm(  # noqa: E731
-            self.bn_momentum, self.bn_eps, axis_name=self.axis_name, dtype=self.dtype, name=f"bn{i}"
+        bn = lambda i: batch_norm(  # noqa: E731
+            momentum=self.bn_momentum, epsilon=self.bn_eps, axis_name=self.axis_name, dtype=self.dtype, name=f"bn{i}"
         )
         x = h.astype(self.dtype)
         x = nn.relu(bn(0)(_dense(self.proj_hidden_dim, self.dtype, "linear0")(x), use_running_average=not train))
@@ -121,9 +88,8 @@ class Predictor(nn.Module):
     def __call__(self, z: jax.Array, *, train: bool = True) -> jax.Array:
         chex.assert_rank(z, 2)
         x = _dense(self.pred_hidden_dim, self.dtype, "linear0")(z.astype(self.dtype))
-        x = SyncBatchNorm(self.bn_momentum, self.bn_eps, axis_name=self.axis_name, dtype=self.dtype, name="bn0")(
-            x, use_running_average=not train
-        )
+        x = batch_norm(momentum=self.bn_momentum, epsilon=self.bn_eps, axis_name=self.axis_name, dtype=self.dtype,
+                       name="bn0")(x, use_running_average=not train)
         x = _dense(self.proj_dim, self.dtype, "linear1")(nn.relu(x))
         return x.astype(jnp.float32)
 

@@ -1,20 +1,25 @@
 """Metrics: one JSON line per logged step in `<workdir>/metrics.jsonl` and TensorBoard scalars in
-`<workdir>/tensorboard/`, written by process 0 only and flushed at every write (a crash loses nothing logged). On
-resume, JSONL lines for steps after the restored one are dropped, so a resumed run's file equals an uninterrupted
-run's; the TensorBoard writer starts with a purge marker at the next step, so TensorBoard drops the old events from
-there on in the same way.
+`<workdir>/tensorboard/` (tensorboardX's `SummaryWriter`), written by process 0 only. The JSONL is appended and
+flushed at every write, so a crash loses nothing logged there. On resume, JSONL lines for steps after the restored
+one are dropped, so a resumed run's file equals an uninterrupted run's; the TensorBoard writer opens a new event
+file that starts with a purge marker (`purge_step`, a SessionLog START) at the next step, so TensorBoard drops the
+old events from there on in the same way.
+
+TensorBoard durability: tensorboardX hands events to a writer thread, which flushes its file every `flush_secs`
+(2 s here) and whenever `write` asks; so a killed process loses at most the TensorBoard events of its last couple of
+seconds (the JSONL keeps them; a resume purges those steps anyway), and `close` writes everything.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
 from typing import Any, Mapping
 
 import jax
 from absl import logging
-
-from uamix_jax.train.tensorboard import ScalarEventWriter
+from tensorboardX import SummaryWriter
 
 
 def _plain(value: Any) -> Any:
@@ -37,7 +42,10 @@ class MetricWriter:
         if resume_step is not None:
             truncate_after(self.path, resume_step)
         purge = None if resume_step is None else resume_step + 1
-        self._tb = ScalarEventWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
+        # tensorboardX names files by the second and host only; the ns clock and pid keep two writers started in
+        # the same second apart (a fast resume) and in start order, as TensorBoard reads a run's files by name.
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge, flush_secs=2,
+                                 filename_suffix=f".{time.time_ns()}.{os.getpid()}")
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.active:
@@ -46,11 +54,16 @@ class MetricWriter:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         if self._tb is not None:
-            self._tb.scalars(int(step), {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
+            wall_time = time.time()
+            for tag, value in row.items():
+                if tag != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(tag, float(value), int(step), walltime=wall_time)
+            self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 def truncate_after(path: str, step: int) -> int:
