@@ -14,6 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from uamix_jax.interop.workdir import restore_state_dict  # noqa: F401  (re-exported: its old home)
+
 
 class Checkpointer:
     """Saves every `every` steps (and when forced), keeps the last `keep`, restores the latest."""
@@ -54,18 +56,3 @@ class Checkpointer:
         self._manager.wait_until_finished()
         self._manager.close()
 
-
-def restore_state_dict(directory: str, step: int | None = None) -> dict[str, Any]:
-    """The raw state dict of a training workdir's checkpoint (latest by default), as numpy arrays on the host.
-
-    Used to initialise stage 2 from stage 1 and to load a tuned encoder, without knowing the optimizer.
-    """
-    ckpt_dir = os.path.abspath(os.path.join(directory, "checkpoints"))
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"{directory} is not a training workdir: it has no checkpoints/ folder")
-    steps = sorted(int(name) for name in os.listdir(ckpt_dir) if name.isdigit())  # finished saves only
-    step = (steps[-1] if steps else None) if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{ckpt_dir} holds no finished checkpoint")
-    restored = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))
-    return jax.tree.map(lambda x: jax.device_get(x), dict(restored))
