@@ -1,7 +1,6 @@
 """The public surface: lazy exports, the configs and their launch commands, --help, the notebook's library cell."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -37,6 +36,15 @@ def test_configs_load_and_document_their_launch_command(name, arg):
         assert config.stage == int(name[-1])
 
 
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")))
+def test_every_config_names_a_task_that_main_dispatches(name):
+    from uamix_jax.main import TASKS, task_function
+
+    config = load_config(name, None)
+    assert config.task in TASKS, (name, config.task)
+    assert callable(task_function(config.task))
+
+
 def test_paper_recipe_defaults():
     s1, s2 = load_config("stage1"), load_config("stage2")
     assert (s1.train.epochs, s1.train.global_batch, s1.nnclr.top_k, s1.nnclr.ema_momentum) == (40, 512, 1, 0.0)
@@ -45,6 +53,7 @@ def test_paper_recipe_defaults():
         assert (c.optim.lr, c.optim.b1, c.optim.b2, c.optim.layer_decay) == (1e-4, 0.9, 0.95, 0.65)
         assert (c.nnclr.temperature, c.nnclr.queue_size, c.mix.method, c.mix.alpha) == (0.15, 65536, "t_cutmix", 1.0)
         assert (c.model.size, c.model.target_length, c.data.name) == ("base", 1024, "audioset")
+        assert (c.mix.group, c.precision, c.task) == (16, "default", "tune")
 
 
 def test_main_help_and_locked_config():
@@ -57,13 +66,13 @@ def test_main_help_and_locked_config():
     assert typo.returncode != 0 and "epochz" in typo.stderr
 
 
-def test_notebook_library_cell_runs():
-    with open(os.path.join(ROOT, "colab", "uamix_jax_tpu.ipynb"), encoding="utf-8") as f:
-        notebook = json.load(f)
-    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
-    library = [c for c in cells if "soft_nnclr_loss" in c]
-    assert len(library) == 1
-    scope: dict = {}
-    exec(compile(library[0], "notebook-cell", "exec"), scope)  # noqa: S102
-    assert float(scope["soft_nnclr_loss"](*[scope[k] for k in ("p_a", "p_b", "nn_a", "nn_b")],
-                                          scope["soft_targets"](scope["lam"], scope["perm"]), 0.15)) > 0
+def test_evaluation_imports_nothing_from_train():
+    """Layers import downward only: the evaluation package (few-shot, linear probe, metrics) never loads train/."""
+    modules = sorted(f"uamix_jax.evaluation.{f[:-3]}" for f in os.listdir(os.path.join(ROOT, "uamix_jax", "evaluation"))
+                     if f.endswith(".py") and f != "__init__.py")
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('uamix_jax.train')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -19,7 +19,6 @@ from typing import Any, Mapping
 
 import jax
 from absl import logging
-from tensorboardX import SummaryWriter
 
 
 def _plain(value: Any) -> Any:
@@ -42,6 +41,9 @@ class MetricWriter:
         if resume_step is not None:
             truncate_after(self.path, resume_step)
         purge = None if resume_step is None else resume_step + 1
+        # Imported here: tensorboardX imports torch when it is installed, and importing the trainer should not.
+        from tensorboardX import SummaryWriter
+
         # tensorboardX names files by the second and host only; the ns clock and pid keep two writers started in
         # the same second apart (a fast resume) and in start order, as TensorBoard reads a run's files by name.
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge, flush_secs=2,
