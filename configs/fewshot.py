@@ -4,8 +4,11 @@
         --config.data.name=esc50 --config.data.root=DIR
 
 ENC: a converted AudioMAE directory (tools/convert_audiomae.py), an AudioMAE .pth, a stage-1/2 training workdir, or
-'' for a random init of `model.size`. Writes OUT/fewshot/<dataset>_<N>way<K>shot.json and prints a table; the clip
-embeddings are cached in OUT/embeddings/ and reused while encoder and inputs are unchanged.
+'' for a random init of `model.size`, optionally named for the table and figure as LABEL=ENC. Writes
+OUT/fewshot/<dataset>_<N>way<K>shot.json and prints a table; <dataset> is data.label when set, else the folder's
+(or manifest file's) base name for `folder`/`manifest` data, else data.name. The clip embeddings are cached in
+OUT/embeddings/ and reused while encoder and inputs are unchanged; clips that cannot be read are listed in
+OUT/bad_audio.txt (as training lists its own in its workdir).
 
     --config.sweep=True            N in {5, 10, 15, 20} x K in {1, 5}; the plot OUT/fewshot/<dataset>_sweep.png
     --config.compare=AudioMAE=ckpt/audiomae,uaMix-MAE=W2
@@ -23,7 +26,7 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = "fewshot"
-    c.init_from = ""  # '' = random init of model.size
+    c.init_from = ""  # "[label=]path"; path '' = random init of model.size
     c.compare = ""  # more encoders: "[label=]path,[label=]path"; the first line of the figure is init_from
     c.seed = 0  # episodes (and the random init)
     c.dtype = "float32"  # encoder compute dtype; "bfloat16" on TPU/GPU
@@ -34,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.split = ""  # keep only this split ("" = every clip)
     c.data.tfds_name = ""  # data.name='tfds': the prepared dataset, e.g. "speech_commands"
     c.data.stats = "audioset"  # normalisation of the frozen AudioSet encoder's input
+    c.data.label = ""  # the dataset's name in output files and titles ('' = folder base name, or data.name)
 
     c.model = ml_collections.ConfigDict()
     c.model.size = "base"  # only for the random init

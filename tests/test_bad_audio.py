@@ -159,3 +159,36 @@ def test_check_manifest_fails_when_most_files_are_missing(tmp_path):
 def test_each_process_writes_its_own_log():
     assert bad_audio_log_path("/w/bad_audio.txt", 0, 1) == "/w/bad_audio.txt"
     assert bad_audio_log_path("/w/bad_audio.txt", 1, 4) == "/w/bad_audio.process1.txt"
+
+
+def _many_bad(tmp_path, n=40, bad_every=3):
+    """n good-clip paths, every `bad_every`-th one deleted: a third of the dataset fails to load."""
+    paths = []
+    for i in range(n):
+        paths.append(str(tmp_path / f"c{i:02d}.wav"))
+        if i % bad_every:
+            good_clip(paths[-1], i)
+    return paths, {i for i in range(n) if i % bad_every == 0}
+
+
+def test_a_replacement_is_never_a_clip_already_in_the_global_batch(tmp_path):
+    paths, bad = _many_bad(tmp_path)
+    m = manifest_of(paths)
+    kw = dict(clip_samples=CLIP, seed=2, train=True, num_epochs=4)
+    single = list(make_pipeline(m, batch_size=8, **kw))
+    assert len(single) == 4 * (40 // 8)
+    for b in single:
+        ids = b["index"].tolist()
+        assert len(set(ids)) == len(ids), ids  # one sample id once per batch: no false negative, no twin queue row
+        assert not bad & set(ids)
+        np.testing.assert_array_equal(b["label"], m.labels[b["index"]])
+    # each epoch: every good clip in its own slot, and the 14 bad slots filled with good clips again
+    for epoch in range(4):
+        ids = np.concatenate([b["index"] for b in single[5 * epoch:5 * epoch + 5]])
+        assert len(ids) == 40 and set(ids.tolist()) == set(range(40)) - bad
+    # two processes pick the same replacements (the choice depends on the global row, not on the process split),
+    # so their batches still concatenate into the single-process global batch, duplicates-free across processes
+    halves = [list(make_pipeline(m, batch_size=4, process_index=p, process_count=2, **kw)) for p in (0, 1)]
+    for a, b, s in zip(*halves, single):
+        for k in ("index", "label", "length", "waveform"):
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), s[k], err_msg=k)

@@ -28,7 +28,7 @@ def _config(arg="test"):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    return str(make_demo_dataset(tmp_path_factory.mktemp("fs") / "data", num_classes=6, clips_per_class=8,
+    return str(make_demo_dataset(tmp_path_factory.mktemp("fs") / "clips", num_classes=6, clips_per_class=8,
                                  seconds=1.0))
 
 
@@ -55,16 +55,17 @@ def test_command_writes_json_table_and_sweep_png(tmp_path, data_root):
     table = stdout[stdout.index("encoder "):]
     assert " 5-way 1-shot" in table and " 5-way 5-shot" in table and "3 of 5" in table
 
-    one = json.loads((out / "fewshot" / "folder_5way1shot.json").read_text())
-    five = json.loads((out / "fewshot" / "folder_5way5shot.json").read_text())
+    # folder data: outputs named after the folder ("clips"), not after the layout
+    one = json.loads((out / "fewshot" / "clips_5way1shot.json").read_text())
+    five = json.loads((out / "fewshot" / "clips_5way5shot.json").read_text())
     assert FIELDS <= set(one) and FIELDS <= set(five)
     assert (one["dataset"], one["ways"], one["shots"], one["queries"], one["episodes"], one["seed"]) == \
-        ("folder", 5, 1, 5, 100, 0)
+        ("clips", 5, 1, 5, 100, 0)
     assert one["encoder"] == "random:test:seed0"
     assert five["queries_min"] == 3 and set(five["short_classes"].values()) == {3}
     assert f"{one['accuracy_mean']:6.2f} ± {one['ci95']:.2f}" in table
-    assert not (out / "fewshot" / "folder_10way1shot.json").exists()
-    _check_png(out / "fewshot" / "folder_sweep.png")
+    assert not (out / "fewshot" / "clips_10way1shot.json").exists()
+    _check_png(out / "fewshot" / "clips_sweep.png")
 
     # the same numbers from the library, computed independently of the command's cache
     manifest = read_dataset("folder", data_root)
@@ -94,11 +95,11 @@ def test_compare_encoders_and_cache_reuse(tmp_path, data_root, capsys):
     rows = run_fewshot(config, out)
     first = capsys.readouterr().out
     assert [r["label"] for r in rows] == ["stage2", "random"]
-    main = json.loads((tmp_path / "out" / "fewshot" / "folder_5way1shot.json").read_text())
-    other = json.loads((tmp_path / "out" / "fewshot" / "random" / "folder_5way1shot.json").read_text())
+    main = json.loads((tmp_path / "out" / "fewshot" / "clips_5way1shot.json").read_text())
+    other = json.loads((tmp_path / "out" / "fewshot" / "random" / "clips_5way1shot.json").read_text())
     assert main["encoder"] == str(workdir) and other["encoder"] == "random:test:seed0"
     assert main["params_sha256"] != other["params_sha256"]
-    _check_png(tmp_path / "out" / "fewshot" / "folder_compare.png")
+    _check_png(tmp_path / "out" / "fewshot" / "clips_compare.png")
     assert first.count("embeddings written to") == 2
 
     again = run_fewshot(config, out)
@@ -124,3 +125,48 @@ def test_bad_configs_are_named(tmp_path, data_root):
     config.crop = "middle"
     with pytest.raises(ValueError, match=r"crop must be one of \('centre', 'windows'\) \(config.crop\)"):
         run_fewshot(config, str(tmp_path))
+
+
+def test_two_folder_datasets_in_one_out_keep_apart_and_bad_audio_goes_to_out(tmp_path, data_root, capsys):
+    import shutil
+
+    from uamix_jax.data.bad_audio import read_bad_audio_log
+    from uamix_jax.evaluation.fewshot_main import run_fewshot
+
+    second = shutil.copytree(data_root, tmp_path / "rainforest")
+    broken = sorted(p for p in second.rglob("*.wav"))[0]
+    broken.write_bytes(b"RIFF....not audio at all" * 10)
+    out = tmp_path / "out"
+    config = _config("test")
+    config.init_from = "baseline="  # a label for the random init, as compare takes them
+    config.data.root = data_root
+    first = run_fewshot(config, str(out))
+    config.data.root = str(second)
+    other = run_fewshot(config, str(out))
+    stdout = capsys.readouterr().out
+    assert [r["label"] for r in first + other] == ["baseline", "baseline"]
+    a = json.loads((out / "fewshot" / "clips_5way1shot.json").read_text())
+    b = json.loads((out / "fewshot" / "rainforest_5way1shot.json").read_text())
+    assert (a["dataset"], b["dataset"]) == ("clips", "rainforest")
+    assert (a["accuracy_mean"], b["accuracy_mean"]) == (first[0]["accuracy_mean"], other[0]["accuracy_mean"])
+    assert a["num_clips"] == 48 and b["num_clips"] == 47  # the unreadable clip is left out of the second
+    # the bad clip is listed where training lists its own: OUT/bad_audio.txt
+    assert list(read_bad_audio_log(out / "bad_audio.txt")) == [str(broken)]
+    assert f"(see {out / 'bad_audio.txt'})" in stdout
+    config.data.label = "rain forest"  # an explicit label wins over the folder name (and is made file-safe)
+    run_fewshot(config, str(out))
+    assert json.loads((out / "fewshot" / "rain_forest_5way1shot.json").read_text())["dataset"] == "rain_forest"
+
+
+def test_init_from_and_compare_take_labels_and_paths_with_equals_signs(tmp_path):
+    from uamix_jax.evaluation.fewshot_main import parse_encoders
+
+    run = tmp_path / "runs" / "lr=3e-4"
+    run.mkdir(parents=True)
+    config = _config("test")
+    config.init_from = f"tuned={run}"
+    config.compare = f"{run.parent}/lr=3e-4,plain="
+    # the second item exists as a whole path: it is the same encoder as init_from, so its line is dropped
+    assert parse_encoders(config) == [("tuned", str(run)), ("plain", "")]
+    config.init_from, config.compare = str(run), ""
+    assert parse_encoders(config) == [("lr=3e-4", str(run))]

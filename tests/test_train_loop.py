@@ -102,23 +102,25 @@ def test_non_finite_parameters_are_never_checkpointed(tmp_path, tiny_data):
     assert Checkpointer(str(tmp_path / "w")).all_steps() == []
 
 
-def test_demo_runs_both_stages_and_writes_checkpoints(tmp_path, capsys):
-    from uamix_jax.train.demo import run_demo
+def test_demo_tuning_raises_fewshot_accuracy_by_five_points(tmp_path, capsys, monkeypatch):
+    """The README's demo as shipped (stage 2's 80 epochs), with stage 1 cut to 5 epochs: stage 1 leaves the encoder
+    as it is, so the "before" number does not depend on it. Measured: 36.9 ± 1.6 % → 46.9 ± 1.7 % (200 episodes)."""
+    from uamix_jax.train import demo
 
+    monkeypatch.setattr(demo, "STAGE1_EPOCHS", 5)
     config = load_config("stage2", "demo")
-    config.train.update(total_steps=2, checkpoint_every=2, log_every=1, progress=False)
-    runs = run_demo(config, str(tmp_path))
+    config.train.progress = False
+    runs = demo.run_demo(config, str(tmp_path))
     out = capsys.readouterr().out
     assert set(runs) == {"stage1", "stage2"}
-    for name, workdir in runs.items():
-        assert Checkpointer(workdir).latest_step() == 2, name
-        assert f"demo {name}" in out
+    assert Checkpointer(runs["stage1"]).latest_step() == 5 * 6  # 192 clips / 32 per batch = 6 steps an epoch
+    assert Checkpointer(runs["stage2"]).latest_step() == 80 * 6
     assert len(os.listdir(tmp_path / "data")) == 8
     assert "demo few-shot 5-way 1-shot on held-out clips" in out
     results = json.loads((tmp_path / "fewshot" / "demo.json").read_text())
-    assert set(results) == {"stage1", "stage2"}
-    for r in results.values():
-        assert 0.0 <= r["accuracy_mean"] <= 100.0 and r["episodes"] == config.fewshot.episodes
+    before, after = results["stage1"], results["stage2"]
+    assert before["episodes"] == after["episodes"] == config.fewshot.episodes
+    assert after["accuracy_mean"] >= before["accuracy_mean"] + 5.0, (before, after)
 
 
 def test_stage1_from_audiomae_pth_then_stage2_from_stage1_workdir(tmp_path, tiny_data):

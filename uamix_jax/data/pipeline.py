@@ -9,14 +9,22 @@ False (silence, length 0, index = label = -1; `waveform_to_fbank` gives all-zero
 
 Each element of the grain dataset is a whole batch, built by `_BatchBuilder` from its overall batch number alone, so
 any batch can be rebuilt from the iterator state and worker processes need no coordination. Random crops are keyed by
-(seed, epoch, clip index); a clip that fails to load is replaced by a seeded choice of another clip, and the batch
-carries (index, reason) of the failures to the main process, which writes `bad_audio.txt` (see bad_audio.py).
+(seed, epoch, clip index); a clip that fails to load is replaced by a seeded choice of another clip that is not in
+the same global batch (so a sample id never occurs twice in one batch: no false negative for the contrastive loss),
+and the batch carries (index, reason) of the failures to the main process, which writes `bad_audio.txt` (see
+bad_audio.py).
+
+`make_pipeline` returns a `Pipeline`: a grain iterator (orbax saves and restores it like any grain iterator) that
+must be closed, `with make_pipeline(...) as it:` or `it.close()` in a `finally`: with worker_count > 0 that stops
+grain's worker processes and unlinks the shared memory holding the batches they prefetched, which would otherwise
+leak and be reported by Python's resource tracker at exit.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+from multiprocessing import shared_memory
 from typing import Any, Protocol
 
 import grain
@@ -58,6 +66,7 @@ class FileSource:
     def __init__(self, manifest: Manifest):
         self.paths = manifest.paths
         self.labels = manifest.labels
+        self.multi_labels = manifest.multi_labels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -127,9 +136,9 @@ class _BatchBuilder:
     """Builds batch k of this process (decode, resample, crop/pad); runs in grain worker processes."""
 
     def __init__(self, source: AudioSource, plan: BatchPlan, clip_samples: int, sample_rate: int, train: bool,
-                 on_bad_audio: str):
+                 on_bad_audio: str, multi_hot: bool = False):
         self.source, self.plan, self.clip_samples, self.sample_rate = source, plan, clip_samples, sample_rate
-        self.train, self.on_bad_audio = train, on_bad_audio
+        self.train, self.on_bad_audio, self.multi_hot = train, on_bad_audio, multi_hot
         self.min_samples = math.ceil(0.025 * sample_rate)  # one 25 ms fbank frame; shorter clips give no features
         self._orders: dict[int, np.ndarray] = {}
         self._known_bad: dict[int, str] = {}
@@ -148,9 +157,30 @@ class _BatchBuilder:
                                  f"shorter than one 25 ms analysis frame ({self.min_samples} samples)")
         return wave
 
-    def _load(self, index: int) -> tuple[int, np.ndarray, list[tuple[int, str]]]:
-        """(index actually loaded, waveform, [(bad index, reason)]); replacements are a seeded choice per clip."""
+    def _replacements(self, epoch: int, position: int) -> np.ndarray:
+        """Clips that may stand in for the one at `position` of `epoch`'s order, in the order they are tried.
+
+        First the clips at the positions q ≡ position (mod G) of the epoch's order, q ≠ position, in a seeded random
+        order: none of them is in this global batch (its positions are one of each residue) and no other row's
+        replacement can be one of them (a different row has a different residue), so a sample id occurs once per
+        global batch, whatever the process count. Datasets of fewer than ~16 G clips run out of those; the
+        remaining attempts draw from all clips (and may repeat one).
+        """
+        g = self.plan.global_batch
+        candidates = np.arange(position % g, self.plan.num_clips, g)
+        candidates = candidates[candidates != position]
+        rng = np.random.default_rng([_REPLACE, self.plan.seed, epoch, position])
+        take = min(candidates.size, MAX_LOAD_ATTEMPTS - 1)
+        picked = self._order(epoch)[candidates[rng.choice(candidates.size, take, replace=False)]]
+        fallback = rng.integers(self.plan.num_clips, size=MAX_LOAD_ATTEMPTS - 1 - take)
+        return np.concatenate([picked, fallback]).astype(np.int64)
+
+    def _load(self, epoch: int, position: int) -> tuple[int, np.ndarray, list[tuple[int, str]]]:
+        """(index actually loaded, waveform, [(bad index, reason)]) for `position` of `epoch`'s order: its own clip
+        or, when that fails to load, the first of `_replacements` that loads."""
         failures: list[tuple[int, str]] = []
+        index = int(self._order(epoch)[position])
+        candidates = None
         candidate = index
         for attempt in range(MAX_LOAD_ATTEMPTS):
             if candidate in self._known_bad:  # a file that failed once fails again; skip its (slow) decode
@@ -163,8 +193,10 @@ class _BatchBuilder:
                         raise BadAudioError(e.path, e.reason) from e
                     self._known_bad[candidate] = e.reason
                     failures.append((candidate, e.reason))
-            candidate = int(np.random.default_rng([_REPLACE, self.plan.seed, index, attempt]).integers(
-                self.plan.num_clips))
+            if candidates is None:
+                candidates = self._replacements(epoch, position)
+            if attempt < MAX_LOAD_ATTEMPTS - 1:
+                candidate = int(candidates[attempt])
         shown = "; ".join(f"{self.source.name(i)}: {r}" for i, r in failures[:3])
         raise RuntimeError(f"{MAX_LOAD_ATTEMPTS} clips in a row failed to load, starting at clip {index} "
                            f"({shown}; ...). The dataset looks broken: check config.data.root and the files.")
@@ -185,17 +217,21 @@ class _BatchBuilder:
         index = np.full((b,), -1, np.int32)
         label = np.full((b,), -1, np.int32)
         mask = positions < self.plan.num_clips
-        order = self._order(epoch)
         bad: list[tuple[int, str]] = []
         for row in np.flatnonzero(mask):  # one file per row: decoding is per file anyway
-            loaded, wave, failures = self._load(int(order[positions[row]]))
+            loaded, wave, failures = self._load(epoch, int(positions[row]))
             bad.extend(failures)
             start = self._crop_start(wave.shape[0], epoch, loaded)
             segment = wave[start:start + clip]
             waveform[row, :segment.shape[0]] = segment
             length[row], index[row], label[row] = segment.shape[0], loaded, self.source.labels[loaded]
-        return {"waveform": waveform, "length": length, "index": index, "label": label, "mask": mask,
-                "_bad": tuple(bad)}
+        batch = {"waveform": waveform, "length": length, "index": index, "label": label, "mask": mask,
+                 "_bad": tuple(bad)}
+        if self.multi_hot:  # padding rows (index -1) have no label: all False
+            multi_labels = self.source.multi_labels
+            batch["multi_hot"] = np.zeros((b, multi_labels.num_classes), bool)
+            batch["multi_hot"][mask] = multi_labels.dense(index[mask])
+        return batch
 
 
 class _ReportBadAudio:
@@ -209,6 +245,70 @@ class _ReportBadAudio:
         for i, reason in batch.pop("_bad"):
             self.log.record(self.source.name(int(i)), reason)
         return batch
+
+
+def _unlink_shared_memory_now(array: Any) -> None:
+    """Unlinks the name of the shared-memory block behind a batch array from a grain worker (a no-op for others).
+
+    grain's SharedMemoryArray (grain 0.2: attributes `shm`, `_unlink_on_del`) unlinks its block when it is deleted;
+    doing it now instead, and telling the array so, keeps the data mapped and readable and leaves no name to leak.
+    """
+    shm = getattr(array, "shm", None)
+    if isinstance(shm, shared_memory.SharedMemory) and getattr(array, "_unlink_on_del", False):
+        shm.unlink()
+        array._unlink_on_del = False  # its __del__ then only unmaps
+
+
+class Pipeline(grain.DatasetIterator):
+    """The batch iterator `make_pipeline` returns: grain's iterator with `close()` and context-manager support.
+
+    With worker processes each array of a batch arrives in a shared-memory block that the receiving process must
+    unlink. Two things would leak blocks, each reported by Python's resource tracker at exit ("There appear to be
+    N leaked shared_memory objects"):
+      - batches the workers had prefetched: `close()` (idempotent) closes grain's iterator chain, which stops the
+        workers and unlinks them (grain does so otherwise only when the iterator is garbage collected, which
+        CPython does not promise before exit);
+      - batches handed out and still referenced at exit (the last step's, possibly aliased by a jax CPU array):
+        `__next__` unlinks each block's name as soon as the batch arrives. On POSIX the mapping stays valid until
+        the array is freed, so nothing is copied, and a killed process leaves no name behind either.
+    A subclass of grain.DatasetIterator (not a plain wrapper) so that `grain.checkpoint.CheckpointSave/Restore`
+    store its state as JSON, as for grain's own iterators.
+    """
+
+    def __init__(self, iterator: grain.DatasetIterator):
+        super().__init__(iterator)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        self._assert_not_closed()
+        batch = next(self._parent)
+        for value in batch.values():
+            _unlink_shared_memory_now(value)
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        super().close()
+        # Drop grain's closed iterator chain now: left alive until interpreter shutdown, its __del__ calls close()
+        # again when grain's module globals are gone and prints "Exception ignored ... AttributeError" noise.
+        self._parents = ()
+
+
+def has_multi_label_clips(source: Manifest | AudioSource) -> bool:
+    """True when some clip of the source carries more than one label (e.g. AudioSet): then `make_pipeline`'s batches
+    carry `multi_hot` by default."""
+    multi_labels = getattr(source, "multi_labels", None)
+    return multi_labels is not None and len(multi_labels) > 0 and int(np.diff(multi_labels.offsets).max()) > 1
 
 
 def _mark_flags_parsed() -> None:
@@ -232,24 +332,35 @@ def make_pipeline(source_or_manifest: Manifest | AudioSource, *, batch_size: int
                   train: bool, process_index: int = 0, process_count: int = 1, worker_count: int = 0,
                   num_epochs: int | None = None, on_bad_audio: str = "skip",
                   bad_audio_log: str | os.PathLike | BadAudioLog | None = None, sample_rate: int = 16000,
-                  drop_remainder: bool = True, prefetch: int = 2, read_threads: int = 1) -> grain.DatasetIterator:
+                  drop_remainder: bool = True, prefetch: int = 2, read_threads: int = 1,
+                  multi_hot: bool | None = None) -> Pipeline:
     """A grain iterator of per-process batches: dicts of numpy arrays with fixed shapes,
 
       waveform float32 [b, clip_samples] (zeros after `length`), length int32 [b] (valid samples),
       index int32 [b] (manifest row of the clip delivered: the sample id), label int32 [b],
-      mask bool [b] (False on the padding rows of the last global batch when drop_remainder=False).
+      mask bool [b] (False on the padding rows of the last global batch when drop_remainder=False),
+      and with multi_hot: multi_hot bool [b, C] (every label of the clip; all False on padding rows).
 
     train=True: reshuffled each epoch from `seed`, random crop keyed by (seed, epoch, index); train=False: manifest
     order, centre crop. Shorter clips are zero padded. num_epochs=None repeats forever.
     Resume: `it.get_state()` is a JSON-serialisable dict; `set_state(state)` on a pipeline made with the same
     arguments (worker_count included: the state's format depends on it) continues at the next batch. orbax can
     also store the iterator itself with `grain.checkpoint.CheckpointSave(it)`.
-    worker_count > 0 decodes and resamples in that many grain processes; call `it.close()` when done.
-    on_bad_audio='skip' replaces a failing clip by a seeded choice of another and records it in `bad_audio_log`
+    worker_count > 0 decodes and resamples in that many grain processes. Close the pipeline when done (`with` or
+    `it.close()`): see `Pipeline`.
+    on_bad_audio='skip' replaces a failing clip by a seeded choice of another clip not in the same global batch
+    (`_BatchBuilder._replacements`) and records it in `bad_audio_log`
     (a path, or a BadAudioLog whose `.count` the caller reads); 'error' raises a BadAudioError (an AudioLoadError)
     naming the file and the reason. prefetch / read_threads: batches buffered and threads per process.
+    multi_hot: True/False, or None for `has_multi_label_clips` (multi-label datasets such as AudioSet); needs a
+    source with `multi_labels` (a Manifest's `MultiLabels`).
     """
     source = as_source(source_or_manifest)
+    if multi_hot is None:
+        multi_hot = has_multi_label_clips(source)
+    elif multi_hot and getattr(source, "multi_labels", None) is None:
+        raise ValueError(f"make_pipeline(multi_hot=True): the source {type(source).__name__} has no multi_labels "
+                         f"(per-clip label sets); build it from a Manifest")
     if on_bad_audio not in ("skip", "error"):
         raise ValueError(f"on_bad_audio must be 'skip' or 'error', got {on_bad_audio!r}")
     if batch_size <= 0 or clip_samples <= 0 or sample_rate <= 0:
@@ -276,9 +387,9 @@ def make_pipeline(source_or_manifest: Manifest | AudioSource, *, batch_size: int
                           else bad_audio_log_path(bad_audio_log, process_index, process_count))
 
     ds = grain.MapDataset.range(plan.batches_per_epoch).repeat(num_epochs)
-    ds = ds.map_with_index(_BatchBuilder(source, plan, clip_samples, sample_rate, train, on_bad_audio))
+    ds = ds.map_with_index(_BatchBuilder(source, plan, clip_samples, sample_rate, train, on_bad_audio, multi_hot))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
     if worker_count > 0:
         _mark_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=prefetch))
-    return iter(ds.map(_ReportBadAudio(source, log)))
+    return Pipeline(iter(ds.map(_ReportBadAudio(source, log))))

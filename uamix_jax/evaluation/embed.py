@@ -21,7 +21,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import chex
 import jax
@@ -31,16 +31,14 @@ from absl import logging
 from flax import traverse_util
 from tqdm import tqdm
 
-from uamix_jax.audio.features import DATASET_STATS, normalize_fbank, pad_or_crop_frames, waveform_to_fbank
+from uamix_jax.audio.fbank import FRAME_LENGTH, SAMPLE_RATE, frames_to_samples, num_frames
+from uamix_jax.audio.features import Stats, normalize_fbank, pad_or_crop_frames, resolve_stats, waveform_to_fbank
 from uamix_jax.data.bad_audio import BadAudioLog
 from uamix_jax.data.manifest import Manifest
 from uamix_jax.models.vit import AudioMAEEncoder
 
-SAMPLE_RATE = 16000
 CROPS = ("centre", "windows")
 CACHE_VERSION = 1  # bump when the embedding computation changes, so old cache files are not reused
-
-Stats = Union[str, tuple[float, float]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,17 +55,15 @@ class InputPolicy:
             raise ValueError(f"crop must be one of {CROPS} (config.crop), got {self.crop!r}")
         if self.target_length < 1:
             raise ValueError(f"target_length must be positive (config.model.target_length), got {self.target_length}")
-        if isinstance(self.stats, str) and self.stats not in DATASET_STATS:
-            raise ValueError(f"unknown normalisation stats {self.stats!r} (config.data.stats); use one of "
-                             f"{sorted(DATASET_STATS)}")
-        if self.clip_samples < 400:
-            raise ValueError(f"clip_seconds={self.clip_seconds} reads fewer than 400 samples (one 25 ms frame); "
-                             f"raise config.clip_seconds")
+        resolve_stats(self.stats)  # raises for an unknown name or a std <= 0
+        if self.clip_samples < FRAME_LENGTH:
+            raise ValueError(f"clip_seconds={self.clip_seconds} reads fewer than {FRAME_LENGTH} samples (one 25 ms "
+                             f"frame); raise config.clip_seconds")
 
     @property
     def window_samples(self) -> int:
         """Samples that make exactly `target_length` fbank frames (25 ms frames, 10 ms hop)."""
-        return (self.target_length - 1) * 160 + 400
+        return frames_to_samples(self.target_length)
 
     @property
     def clip_samples(self) -> int:
@@ -77,12 +73,11 @@ class InputPolicy:
 
     @property
     def num_windows(self) -> int:
-        frames = 1 + (self.clip_samples - 400) // 160
+        frames = num_frames(self.clip_samples)
         return 1 if self.crop == "centre" else math.ceil(frames / self.target_length)
 
     def mean_std(self) -> tuple[float, float]:
-        return DATASET_STATS[self.stats] if isinstance(self.stats, str) else (float(self.stats[0]),
-                                                                              float(self.stats[1]))
+        return resolve_stats(self.stats)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target_length": self.target_length, "stats": list(self.mean_std()), "crop": self.crop,
@@ -133,12 +128,14 @@ def make_embed_fn(encoder: AudioMAEEncoder, policy: InputPolicy) -> Callable[...
 
 def embed_manifest(manifest: Manifest, encoder: AudioMAEEncoder, variables: Any, *, policy: InputPolicy,
                    batch_size: int = 32, worker_count: int = 0, progress: bool = True,
-                   bad_audio_log: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   bad_audio_log: str | os.PathLike | BadAudioLog | None = None,
+                   embed_fn: Callable[..., jax.Array] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Embeds every clip of `manifest` once: (embeddings float32 [M, D], valid bool [M]).
 
     Clips that fail to load are logged (`bad_audio_log`), get valid = False and a zero row. Batches are split over
     the local devices (the batch size is rounded up to a multiple of their count) and the next batch is decoded
-    while the current one runs. worker_count > 0 decodes in that many grain processes.
+    while the current one runs. worker_count > 0 decodes in that many grain processes. `embed_fn`: a
+    `make_embed_fn(encoder, policy)` kept by a caller that embeds repeatedly (no retracing); None builds one.
     """
     from uamix_jax.data.pipeline import make_pipeline  # grain import only when embedding
 
@@ -150,12 +147,12 @@ def embed_manifest(manifest: Manifest, encoder: AudioMAEEncoder, variables: Any,
     batch = -(-batch_size // n_dev) * n_dev
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     variables = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    fn = make_embed_fn(encoder, policy)
+    fn = make_embed_fn(encoder, policy) if embed_fn is None else embed_fn
 
     m = len(manifest)
     out = np.zeros((m, encoder.width), np.float32)
     valid = np.zeros((m,), bool)
-    log = BadAudioLog(bad_audio_log)
+    log = bad_audio_log if isinstance(bad_audio_log, BadAudioLog) else BadAudioLog(bad_audio_log)
     it = make_pipeline(manifest, batch_size=batch, clip_samples=policy.clip_samples, seed=0, train=False,
                        num_epochs=1, drop_remainder=False, worker_count=worker_count, bad_audio_log=log,
                        sample_rate=SAMPLE_RATE)
@@ -232,11 +229,12 @@ def embedding_cache_key(manifest: Manifest, encoder: AudioMAEEncoder, variables:
 
 def cached_embeddings(manifest: Manifest, encoder: AudioMAEEncoder, variables: Any, *, policy: InputPolicy,
                       cache_dir: str | os.PathLike, batch_size: int = 32, worker_count: int = 0,
-                      progress: bool = True, params_hash: str | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, str, bool]:
+                      progress: bool = True, params_hash: str | None = None,
+                      bad_audio_log: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, str, bool]:
     """`embed_manifest` behind the disk cache: (embeddings [M, D], valid [M], cache file, reused?).
 
     `params_hash` skips re-hashing the weights when the caller already has `params_fingerprint(variables)`.
+    Clips that fail to load are listed in `bad_audio_log` (None: `<cache_dir>/bad_audio.txt`).
     """
     key = embedding_cache_key(manifest, encoder, variables, policy, params_hash)
     cache_dir = os.fspath(cache_dir)
@@ -251,7 +249,7 @@ def cached_embeddings(manifest: Manifest, encoder: AudioMAEEncoder, variables: A
             logging.warning("embedding cache %s is unreadable (%s); recomputing", path, err)
     emb, valid = embed_manifest(manifest, encoder, variables, policy=policy, batch_size=batch_size,
                                 worker_count=worker_count, progress=progress,
-                                bad_audio_log=os.path.join(cache_dir, "bad_audio.txt"))
+                                bad_audio_log=bad_audio_log or os.path.join(cache_dir, "bad_audio.txt"))
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez(tmp, embeddings=emb, valid=valid, labels=manifest.labels, paths=np.array(manifest.paths.tolist()),

@@ -12,7 +12,6 @@ import re
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -26,10 +25,10 @@ from uamix_jax.evaluation.episodes import class_members
 from uamix_jax.evaluation.fewshot import evaluate_fewshot
 from uamix_jax.evaluation.plots import plot_fewshot_curves
 from uamix_jax.models.posemb import PRETRAIN_LENGTH
+from uamix_jax.models.precision import compute_dtype
 
 SWEEP_WAYS = (5, 10, 15, 20)
 SWEEP_SHOTS = (1, 5)
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _say(message: str) -> None:
@@ -37,14 +36,24 @@ def _say(message: str) -> None:
 
 
 def dataset_label(data: ml_collections.ConfigDict) -> str:
-    """The dataset's name in file names: data.name, or the TFDS dataset's name."""
-    name = data.tfds_name if data.name == "tfds" and data.tfds_name else data.name
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    """The dataset's name in output file names, figure titles and metric keys.
+
+    data.label when set; else, for `folder` and `manifest` data, the folder's base name (the manifest file's, less
+    its extension), so that two such datasets evaluated into one OUT do not overwrite each other; the TFDS dataset's
+    name for `tfds`; else data.name (esc50, ...). Characters other than [A-Za-z0-9_.-] become '_'.
+    """
+    name = data.get("label", "")
+    if not name and data.name in ("folder", "manifest") and data.root:
+        root = os.path.normpath(data.root)
+        name = os.path.splitext(os.path.basename(root))[0] if os.path.isfile(root) else os.path.basename(root)
+    if not name:
+        name = data.get("tfds_name", "") if data.name == "tfds" else ""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name or data.name)
 
 
 def load_labelled_manifest(data: ml_collections.ConfigDict) -> Manifest:
     """config.data's manifest (one split when data.split is set), labelled clips only."""
-    options = {"tfds_name": data.tfds_name} if data.name == "tfds" else {}
+    options = {"tfds_name": data.get("tfds_name", "")} if data.name == "tfds" else {}
     if data.name != "tfds" and not data.root:
         raise ValueError(f"config.data.root is empty: point it at the unpacked {data.name} dataset")
     manifest = read_dataset(data.name, data.root, **options)
@@ -58,12 +67,16 @@ def load_labelled_manifest(data: ml_collections.ConfigDict) -> Manifest:
 
 
 def parse_encoders(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
-    """[(label, path)]: init_from ('' = random init) first, then each `[label=]path` of config.compare."""
+    """[(label, path)]: config.init_from first, then each item of config.compare, each `[label=]path`.
+
+    A path of '' is a random init of config.model.size ('label=' names that line). An item that exists as a path
+    as a whole is a path, even when it holds '=' (e.g. runs/lr=3e-4).
+    """
     items = [config.init_from] + [s.strip() for s in config.compare.split(",") if s.strip()]
     out: list[tuple[str, str]] = []
     for item in items:
         label, sep, path = item.partition("=")
-        if not sep:
+        if not sep or os.path.exists(item):
             label, path = "", item
         path = path.strip()
         if path and os.path.abspath(path) in {os.path.abspath(p) for _, p in out if p}:
@@ -78,15 +91,14 @@ def parse_encoders(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
 
 
 def _load(path: str, config: ml_collections.ConfigDict) -> tuple[Any, Any, str]:
-    if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-    dtype = DTYPES[config.dtype]
+    dtype = compute_dtype(config.dtype)
     if path:
+        # target_length 0 / posemb '': the checkpoint's own (what it was trained with)
         encoder, variables = load_encoder(path, target_length=config.model.target_length or None,
-                                          posemb=config.model.posemb, dtype=dtype)
+                                          posemb=config.model.posemb or None, dtype=dtype)
         return encoder, variables, os.path.abspath(path)
     encoder, variables = random_encoder(config.model.size, target_length=config.model.target_length or PRETRAIN_LENGTH,
-                                        posemb=config.model.posemb, seed=config.seed, dtype=dtype)
+                                        posemb=config.model.posemb or "prefix", seed=config.seed, dtype=dtype)
     return encoder, variables, f"random:{config.model.size}:seed{config.seed}"
 
 
@@ -123,6 +135,7 @@ def run_fewshot(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
     check_manifest(manifest)
     out_dir = os.path.join(workdir, "fewshot")
     os.makedirs(out_dir, exist_ok=True)
+    bad_audio_log = os.path.join(workdir, "bad_audio.txt")  # where training writes its own
     _say(f"few-shot on {dataset}: {len(manifest):,} labelled clips, {manifest.num_classes} classes; crop "
          f"{config.crop}, {config.episodes} episodes, seed {config.seed}")
 
@@ -136,12 +149,12 @@ def run_fewshot(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
         emb, valid, cache_file, reused = cached_embeddings(
             manifest, encoder, variables, policy=policy, cache_dir=os.path.join(workdir, "embeddings"),
             batch_size=config.batch_size, worker_count=config.worker_count, progress=config.progress,
-            params_hash=fingerprint)
+            params_hash=fingerprint, bad_audio_log=bad_audio_log)
         _say(f"[{label}] {description}: ViT {encoder.width}x{encoder.depth}, T = {encoder.target_length}; embeddings "
              f"{'reused from' if reused else 'written to'} {cache_file}")
         if not valid.all():
             _say(f"[{label}] {int((~valid).sum())} clips could not be read and are left out "
-                 f"(see {os.path.join(workdir, 'embeddings', 'bad_audio.txt')})")
+                 f"(see {bad_audio_log})")
         labels = np.where(valid, manifest.labels, -1).astype(np.int32)
         target_dir = out_dir if position == 0 else os.path.join(out_dir, _slug(label))
         for ways, shots in settings(config):

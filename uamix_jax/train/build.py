@@ -148,7 +148,8 @@ def load_init(state: TrainState, init_from: str, *, stage: int, target_length: i
     return state.replace(**changes)
 
 
-def periodic_fewshot(config: ml_collections.ConfigDict, encoder: AudioMAEEncoder) -> tuple[Any, int]:
+def periodic_fewshot(config: ml_collections.ConfigDict, encoder: AudioMAEEncoder,
+                     bad_audio_log: str | None = None) -> tuple[Any, int]:
     """(evaluate(state, step) → {name: value}, every) for config.fewshot.every > 0, else (None, 0).
 
     N-way K-shot accuracy of the encoder being trained on the labelled set config.fewshot.data, as big_vision's
@@ -160,7 +161,7 @@ def periodic_fewshot(config: ml_collections.ConfigDict, encoder: AudioMAEEncoder
         return None, 0
     from uamix_jax.evaluation.periodic import PeriodicFewShot
 
-    evaluator = PeriodicFewShot.from_config(f, encoder)
+    evaluator = PeriodicFewShot.from_config(f, encoder, bad_audio_log=bad_audio_log)
 
     def evaluate(state: TrainState, step: int) -> dict[str, float]:
         return evaluator(jax.device_get(state.params["encoder"]), step)

@@ -50,8 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
         log_every=50, checkpoint_every=500, keep_checkpoints=3, progress=True))
     # N-way K-shot evaluation of the encoder: every `every` steps and at the end when every > 0 (on the labelled
     # set fewshot.data: name, root, split, label), and after the demo (on its held-out clips)
-    c.fewshot = ml_collections.ConfigDict(dict(ways=5, shots=1, queries=15, episodes=600, seed=0, every=0))
-    c.fewshot.data = ml_collections.ConfigDict(dict(name="folder", root="", split="", label=""))
+    c.fewshot = ml_collections.ConfigDict(dict(ways=5, shots=1, queries=15, episodes=600, seed=0, every=0,
+                                               batch_size=32, worker_count=0))
+    c.fewshot.data = ml_collections.ConfigDict(dict(name="folder", root="", split="", label="", stats="audioset",
+                                                    tfds_name="", clip_seconds=30.0, crop="centre"))
     return c
 
 

@@ -260,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return build.load_init(fresh, config.init_from, stage=config.stage,
                                target_length=config.model.target_length, posemb=config.model.posemb)
 
-    evaluate, every = build.periodic_fewshot(config, encoder)
+    evaluate, every = build.periodic_fewshot(config, encoder, os.path.join(os.path.abspath(workdir), "bad_audio.txt"))
     task = TrainTask(
         name=f"stage {config.stage}", state=state, schedule=schedule,
         step=make_train_step(encoder, head, build.step_options(config), trainable),

@@ -1,0 +1,72 @@
+"""Periodic few-shot evaluation: the numbers the few-shot library gives, for the parameters of each call."""
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from uamix_jax.data.demo import make_demo_dataset
+from uamix_jax.data.layouts import read_dataset
+from uamix_jax.evaluation.embed import InputPolicy, embed_manifest
+from uamix_jax.evaluation.encoders import random_encoder
+from uamix_jax.evaluation.fewshot import evaluate_fewshot
+from uamix_jax.evaluation.periodic import PeriodicFewShot
+
+T = 128
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(make_demo_dataset(tmp_path_factory.mktemp("periodic") / "birds", num_classes=6, clips_per_class=6,
+                                 seconds=1.0))
+
+
+def _block(root, **data):
+    """A training config's `fewshot` block, as uamix_jax/train/config_base.py defines it."""
+    return ml_collections.ConfigDict(dict(
+        every=10, ways=5, shots=1, queries=4, episodes=40, seed=3,
+        data=dict(dict(name="folder", root=root, split="", label=""), **data)))
+
+
+def _library(root, encoder, variables):
+    """The same evaluation written with the library directly."""
+    manifest = read_dataset("folder", root)
+    emb, valid = embed_manifest(manifest, encoder, variables, policy=InputPolicy(target_length=T), batch_size=8,
+                                progress=False)
+    assert valid.all()
+    return evaluate_fewshot(emb, manifest.labels, ways=5, shots=1, queries=4, episodes=40, seed=3)
+
+
+def test_each_call_equals_the_library_on_that_calls_parameters(data_root):
+    encoder, v0 = random_encoder("test", target_length=T, seed=0)
+    _, v1 = random_encoder("test", target_length=T, seed=1)
+    evaluate = PeriodicFewShot.from_config(_block(data_root), encoder)
+    assert evaluate.key == "fewshot/birds/5way1shot"  # named after the folder, not the layout
+    with jax.default_matmul_precision("highest"):
+        first = evaluate(v0["params"], 10)
+        second = evaluate(jax.device_get(v1["params"]), 20)  # new parameters: embeddings recomputed, not reused
+        again = evaluate(v0["params"], 30)
+        ref0, ref1 = _library(data_root, encoder, v0), _library(data_root, encoder, v1)
+    assert set(first) == {"fewshot/birds/5way1shot", "fewshot/birds/5way1shot_ci95"}
+    assert first["fewshot/birds/5way1shot"] == pytest.approx(ref0["accuracy_mean"], abs=1e-9)
+    assert first["fewshot/birds/5way1shot_ci95"] == pytest.approx(ref0["ci95"], abs=1e-9)
+    assert second["fewshot/birds/5way1shot"] == pytest.approx(ref1["accuracy_mean"], abs=1e-9)
+    assert second["fewshot/birds/5way1shot_ci95"] == pytest.approx(ref1["ci95"], abs=1e-9)
+    assert ref0["accuracy_mean"] != ref1["accuracy_mean"]  # so the check above could tell stale embeddings apart
+    assert again == first  # the same episodes every call: values of different steps are comparable
+    assert 0.0 < first["fewshot/birds/5way1shot"] < 100.0
+
+
+def test_label_bad_audio_log_and_config_errors(data_root, tmp_path):
+    encoder, _ = random_encoder("test", target_length=T, seed=0)
+    labelled = PeriodicFewShot.from_config(_block(data_root, label="esc 50"), encoder,
+                                           bad_audio_log=str(tmp_path / "bad_audio.txt"))
+    assert labelled.key == "fewshot/esc_50/5way1shot" and labelled.bad_audio_log.path == str(tmp_path / "bad_audio.txt")
+    with pytest.raises(ValueError, match=r"config.fewshot.data.root is empty"):
+        PeriodicFewShot.from_config(_block(""), encoder)
+    too_many = _block(data_root)
+    too_many.ways = 7  # 6 classes: found when the evaluator is built, not at the first evaluation
+    with pytest.raises(ValueError, match="7-way 1-shot episodes need 7 classes"):
+        PeriodicFewShot.from_config(too_many, encoder)
+    assert os.path.basename(data_root) == "birds"
