@@ -247,3 +247,48 @@ def test_read_dataset_rejects_unknown_names_and_missing_roots(tmp_path):
         read_dataset("esc-50", str(tmp_path))
     with pytest.raises(DatasetLayoutError, match="does not exist"):
         read_dataset("folder", str(tmp_path / "nope"))
+
+
+# ---------------------------------------------------------------------------------------------------- unlabelled
+# (extension, soundfile arguments, sample rate); None: soundfile cannot write it, so only discovery is tested
+UNLABELLED_FILES = [
+    ("a/clip.wav", {}, 16000), ("a/b/clip.FLAC", {"format": "FLAC"}, 16000), ("a/b/c/clip.ogg", {}, 16000),
+    ("x/clip.oga", {"format": "OGG"}, 16000), ("x/clip.Opus", {"format": "OGG", "subtype": "OPUS"}, 48000),
+    ("x/y/clip.mp3", {"format": "MP3"}, 16000), ("clip.aiff", {}, 16000), ("z/clip.AIF", {"format": "AIFF"}, 22050),
+    ("z/clip.m4a", None, 0),
+]
+
+
+def test_unlabelled_layout_finds_nested_files_of_every_listed_extension(tmp_path):
+    from uamix_jax.audio.io import load_audio
+    from uamix_jax.data.manifest import AUDIO_EXTENSIONS
+
+    wave = (0.1 * np.sin(np.arange(8000) * 0.05)).astype(np.float32)
+    for rel, kwargs, rate in UNLABELLED_FILES:
+        path = tmp_path / "root" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kwargs is None:
+            path.write_bytes(b"\x00\x00\x00\x20ftypM4A ")  # an m4a header: discovery only
+        else:
+            sf.write(str(path), np.interp(np.arange(int(0.5 * rate)) * 16000 / rate, np.arange(8000), wave), rate,
+                     **kwargs)
+    write_text(f"{tmp_path}/root/notes.txt", "not audio")
+    write_text(f"{tmp_path}/root/.hidden/clip.wav", "hidden folders are skipped")
+    assert {os.path.splitext(r)[1].lower() for r, _, _ in UNLABELLED_FILES} == set(AUDIO_EXTENSIONS)
+
+    m = read_dataset("unlabelled", str(tmp_path / "root"))
+    assert sorted(m.clip_ids) == sorted(r for r, _, _ in UNLABELLED_FILES)
+    assert m.name == "unlabelled" and m.num_classes == 0 and set(m.splits) == {"all"}
+    np.testing.assert_array_equal(m.labels, -1)
+    assert all(len(m.multi_labels[i]) == 0 for i in range(len(m)))
+    for i, rel in enumerate(m.clip_ids):
+        if not rel.endswith(".m4a"):  # every file soundfile wrote decodes to about 0.5 s at 16 kHz
+            assert abs(load_audio(m.paths[i]).shape[0] - 8000) < 1000, rel
+
+
+def test_unlabelled_layout_errors_name_the_folder(tmp_path):
+    write_text(f"{tmp_path}/only/readme.txt", "no audio here")
+    with pytest.raises(DatasetLayoutError, match=r"only: no audio files below it.*\.aiff"):
+        read_dataset("unlabelled", str(tmp_path / "only"))
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        read_dataset("unlabelled", str(tmp_path / "nope"))

@@ -178,3 +178,19 @@ def test_logged_metrics_are_means_over_the_log_window(tmp_path, tiny_data):
         want = np.mean([r[key] for r in rows[1]])
         np.testing.assert_allclose(rows[3][0][key], want, rtol=1e-6, err_msg=key)
     assert rows[3][0]["loss"] != rows[1][2]["loss"]  # not the last step's value
+
+
+def test_periodic_fewshot_is_logged_beside_the_loss(tmp_path, tiny_data):
+    config = load_config("test", "stage2")
+    config.data.root = tiny_data
+    config.train.update(total_steps=3, checkpoint_every=3, log_every=1)
+    config.fewshot.update(every=2)
+    config.fewshot.data.update(root=tiny_data, label="tiny", clip_seconds=1.5)
+    train_and_evaluate(config, str(tmp_path / "w"))
+    rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").open()]
+    key = f"fewshot/tiny/{config.fewshot.ways}way{config.fewshot.shots}shot"
+    assert [r["step"] for r in rows if key in r] == [2, 3]  # every 2 steps and at the end
+    for r in rows:
+        if key in r:
+            assert 0.0 <= r[key] <= 100.0 and r[key + "_ci95"] >= 0.0
+    assert sorted(scalar_series(tmp_path / "w" / "tensorboard", key)) == [2, 3]

@@ -32,6 +32,9 @@ _EXPORTS: dict[str, str] = {
     "NNCLRHead": "uamix_jax.models.head",
     "Projector": "uamix_jax.models.head",
     "Predictor": "uamix_jax.models.head",
+    "MAEDecoder": "uamix_jax.models.mae",
+    "random_masking": "uamix_jax.models.mae",
+    "patchify": "uamix_jax.models.mae",
     # objectives
     "t_cutmix": "uamix_jax.objectives.mixing",
     "tf_cutmix": "uamix_jax.objectives.mixing",
@@ -45,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "nearest_neighbour_with_index": "uamix_jax.objectives.neighbours",
     "update_queue": "uamix_jax.objectives.queue",
     "init_queue": "uamix_jax.objectives.queue",
+    "mae_loss": "uamix_jax.objectives.mae",
     # data
     "read_dataset": "uamix_jax.data.layouts",
     "make_pipeline": "uamix_jax.data.pipeline",
@@ -53,6 +57,8 @@ _EXPORTS: dict[str, str] = {
     "load_encoder": "uamix_jax.evaluation.encoders",
     "evaluate_fewshot": "uamix_jax.evaluation.fewshot",
     "train_and_evaluate": "uamix_jax.train.loop",
+    "run_training": "uamix_jax.train.loop",
+    "pretrain": "uamix_jax.train.pretrain",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -3,7 +3,8 @@
 Each reader takes the folder the user unpacked (`--config.data.root`) and returns a `Manifest`. File names and CSV
 headers are the published ones; a missing file or a wrong header raises `DatasetLayoutError` naming the file and
 what was expected. Split names: the dataset's own ('train'/'valid'/'test'), 'all' where it publishes none.
-AudioSet has its own module (`audioset.py`); the TFDS path is `tfds_source.py`.
+AudioSet has its own module (`audioset.py`); the TFDS path is `tfds_source.py`. `read_unlabelled` takes any folder
+of audio (no labels), for pretraining and tuning on one's own recordings.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from uamix_jax.data.manifest import (
-    DatasetLayoutError, Manifest, build_manifest, common_prefix, read_csv_rows,
+    AUDIO_EXTENSIONS, DatasetLayoutError, Manifest, build_manifest, common_prefix, list_audio_files, read_csv_rows,
     read_folder, read_manifest_csv, require_dir, require_file)
 
 ESC50_HEADER = "filename,fold,target,category,esc10,src_file,take"
@@ -186,10 +187,27 @@ def read_fsdkaggle2018(root: str, *, verified_only: bool = False) -> Manifest:
         prefix=common_prefix(root))
 
 
+def read_unlabelled(root: str, *, name: str = "unlabelled") -> Manifest:
+    """Every audio file below `root`, recursively (extensions `AUDIO_EXTENSIONS`, any case; hidden entries skipped).
+
+    No labels (every label -1, no classes): for MAE pretraining and contrastive tuning on a user's own recordings.
+    Clip ids are the paths relative to root; every clip's split is 'all'.
+    """
+    root = os.path.abspath(require_dir(root, "a folder of audio files (searched recursively)"))
+    paths = list_audio_files(root)
+    if not paths:
+        raise DatasetLayoutError(f"{root}: no audio files below it (extensions {', '.join(AUDIO_EXTENSIONS)}, "
+                                 f"any case); point data.root at a folder that holds some")
+    prefix = common_prefix(root)
+    return build_manifest(name, paths, [()] * len(paths), (), clip_ids=[p[len(prefix):] for p in paths],
+                          prefix=prefix)
+
+
 def read_dataset(name: str, root: str, **options: Any) -> Manifest:
     """Reads dataset `name` from the unpacked folder `root`; `options` go to that layout's reader.
 
-    name: audioset | esc50 | speechcommands | nsynth | voxceleb1 | fsdkaggle2018 | manifest | folder | tfds.
+    name: audioset | esc50 | speechcommands | nsynth | voxceleb1 | fsdkaggle2018 | manifest | folder | unlabelled
+    | tfds.
     """
     if name == "audioset":
         from uamix_jax.data.audioset import read_audioset
@@ -199,7 +217,7 @@ def read_dataset(name: str, root: str, **options: Any) -> Manifest:
         return read_tfds(root or None, **options)  # an empty root means TFDS's default data_dir
     readers = {"esc50": read_esc50, "speechcommands": read_speechcommands, "nsynth": read_nsynth,
                "voxceleb1": read_voxceleb1, "fsdkaggle2018": read_fsdkaggle2018, "manifest": read_manifest_csv,
-               "folder": read_folder}
+               "folder": read_folder, "unlabelled": read_unlabelled}
     if name not in readers:
         raise ValueError(f"unknown dataset name {name!r} (config.data.name); choose one of "
                          f"{sorted([*readers, 'audioset', 'tfds'])}")
@@ -209,4 +227,4 @@ def read_dataset(name: str, root: str, **options: Any) -> Manifest:
 
 
 __all__ = ["read_dataset", "read_esc50", "read_speechcommands", "read_nsynth", "read_voxceleb1", "read_fsdkaggle2018",
-           "read_folder", "read_manifest_csv"]
+           "read_folder", "read_manifest_csv", "read_unlabelled"]

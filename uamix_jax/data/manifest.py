@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a")
+# The one list of audio file extensions every reader matches (case-insensitively).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aiff", ".aif")
 NO_SPLIT = "all"  # the split of every clip in datasets that publish no split (ESC-50, folder layouts)
 
 
@@ -320,7 +321,7 @@ def common_prefix(root: str) -> str:
 
 # ------------------------------------------------------------------------------------------- generic readers
 def read_folder(root: str, *, name: str = "folder") -> Manifest:
-    """Folder-per-class layout: `root/<class>/**/<clip>.<wav|flac|ogg|opus|mp3|m4a>`.
+    """Folder-per-class layout: `root/<class>/**/<clip>.<ext>`, ext one of AUDIO_EXTENSIONS (any case).
 
     Classes are the sorted sub-folder names (names starting with '.' or '_' are skipped, as SpeechCommands'
     `_background_noise_`); clip ids are paths relative to root; every clip's split is 'all'.

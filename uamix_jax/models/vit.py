@@ -30,6 +30,7 @@ from uamix_jax.models.posemb import POSEMB_POLICIES, positional_table
 # name -> (width, depth, num_heads, mlp_dim)
 VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
     "test": (32, 4, 2, 64),
+    "mini": (192, 4, 3, 768),  # ViT-Ti width, 4 blocks: the CPU pretraining and replication runs
     "tiny": (192, 12, 3, 768),
     "small": (384, 12, 6, 1536),
     "base": (768, 12, 12, 3072),
@@ -230,7 +231,7 @@ class AudioMAEEncoder(nn.Module):
 
     @classmethod
     def from_size(cls, name: str, **overrides: Any) -> "AudioMAEEncoder":
-        """The encoder of a named size in `VIT_SIZES` ('test', 'tiny', 'small', 'base', 'large'), fields overridable."""
+        """The encoder of a named size in `VIT_SIZES` ('test', 'mini', 'tiny', 'small', 'base', 'large'), fields overridable."""
         if name not in VIT_SIZES:
             raise ValueError(f"unknown ViT size {name!r}; choose one of {sorted(VIT_SIZES)}")
         width, depth, num_heads, mlp_dim = VIT_SIZES[name]

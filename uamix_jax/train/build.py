@@ -25,12 +25,19 @@ from uamix_jax.train.state import TrainState
 from uamix_jax.train.step import StepOptions
 
 
+def build_encoder(config: ml_collections.ConfigDict, **overrides: Any) -> AudioMAEEncoder:
+    """The encoder of config.model at config.dtype (fields overridable, e.g. pooling='fc_norm' for fine-tuning)."""
+    m = config.model
+    fields = dict(target_length=m.target_length, pooling=m.pooling, posemb=m.posemb, remat=m.remat,
+                  attention=m.get("attention", "auto"), dtype=compute_dtype(config.dtype))
+    fields.update(overrides)
+    return AudioMAEEncoder.from_size(m.size, **fields)
+
+
 def build_models(config: ml_collections.ConfigDict, *, axis_name: str | None = "data") -> tuple[AudioMAEEncoder, NNCLRHead]:
     """The encoder (config.model) and the NNCLR head (config.head) at the config's compute dtype."""
     dtype = compute_dtype(config.dtype)
-    m = config.model
-    encoder = AudioMAEEncoder.from_size(
-        m.size, target_length=m.target_length, pooling=m.pooling, posemb=m.posemb, remat=m.remat, dtype=dtype)
+    encoder = build_encoder(config)
     head = NNCLRHead(
         proj_hidden_dim=config.head.proj_hidden_dim, proj_dim=config.head.proj_dim,
         pred_hidden_dim=config.head.pred_hidden_dim, axis_name=axis_name, dtype=dtype)

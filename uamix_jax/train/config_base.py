@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.head = ml_collections.ConfigDict(dict(proj_hidden_dim=2048, proj_dim=256, pred_hidden_dim=4096))
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "audioset"  # audioset|esc50|speechcommands|nsynth|voxceleb1|fsdkaggle2018|manifest|folder|tfds
+    c.data.name = "audioset"  # audioset|esc50|speechcommands|nsynth|voxceleb1|fsdkaggle2018|manifest|folder|unlabelled|tfds
     c.data.root = ""
     c.data.split = "balanced_train"  # keep only this split ("" = every clip); AudioSet-20K = balanced_train
     c.data.tfds_name = ""  # data.name='tfds': the prepared dataset's name, e.g. "speech_commands"
