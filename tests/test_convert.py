@@ -17,6 +17,7 @@ from uamix_jax.interop import torch_audiomae as ta  # noqa: E402
 from uamix_jax.interop.audiomae import (  # noqa: E402
     CheckpointError, convert_state_dict, load_audiomae, load_converted, save_converted)
 from uamix_jax.interop.torch_io import load_pth  # noqa: E402
+from uamix_jax.models.posemb import positional_table  # noqa: E402
 from uamix_jax.models.vit import VIT_SIZES  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,8 @@ def _parity(model, path, target_length, batch, posemb):
     x = _fbank(batch, target_length, seed=1)
     with torch.no_grad():
         ref_tokens, ref_emb = (t.numpy() for t in model(torch.from_numpy(x)))
-    tokens, emb = (np.asarray(a) for a in jax.jit(encoder.apply)(variables, jnp.asarray(x)))
+    with jax.default_matmul_precision("highest"):  # float32 oracle: true float32 matmuls on every backend
+        tokens, emb = (np.asarray(a) for a in jax.jit(encoder.apply)(variables, jnp.asarray(x)))
     assert tokens.shape == ref_tokens.shape == (batch, 1 + 8 * target_length // 16, encoder.width)
     assert emb.shape == ref_emb.shape == (batch, encoder.width)
     assert np.abs(ref_emb).max() > 0.1, "degenerate reference output"
@@ -237,12 +239,62 @@ def test_converted_directory_round_trip(tiny_files, tmp_path):
         load_converted(tmp_path)
 
 
-def test_load_audiomae_default_is_t1024_prefix(tiny_files):
-    encoder, _ = load_audiomae(tiny_files["pretrained"][1])
-    assert (encoder.target_length, encoder.posemb, encoder.pooling, encoder.dtype) == (1024, "prefix", "norm_mean",
+def test_load_audiomae_defaults_to_the_checkpoint_own_encoder(tiny_files):
+    encoder, _ = load_audiomae(tiny_files["pretrained"][1])  # T = 256, its pos_embed is the (8, 16) grid's table
+    assert (encoder.target_length, encoder.posemb, encoder.pooling, encoder.dtype) == (256, "audiomae", "norm_mean",
                                                                                         jnp.float32)
     with pytest.warns(UserWarning, match="trained at T = 256 with the 'audiomae' positional table"):
         load_audiomae(tiny_files["pretrained"][1], target_length=256, posemb="prefix")
+    # another length keeps the checkpoint's own policy: its grid cropped or extended, as AudioMAE's fine-tuning does
+    assert load_audiomae(tiny_files["pretrained"][1], target_length=1024)[0].posemb == "audiomae"
+
+
+@pytest.fixture(scope="module")
+def t512(tmp_path_factory):
+    """A 'test'-size pretraining model at T = 512 (pos_embed on AudioMAE's (8, 32) grid), saved like save_model."""
+    model = _model("pretrained", "test", 512, seed=11)
+    path = tmp_path_factory.mktemp("t512") / "pretrained_t512.pth"
+    ta.save_audiomae_checkpoint(model, path)
+    return model, path
+
+
+def test_t512_checkpoint_loads_with_defaults_and_matches_torch(t512):
+    model, path = t512
+    encoder, variables = load_audiomae(path)
+    assert (encoder.target_length, encoder.posemb) == (512, "audiomae")
+    # the generated table is the stored one: the loader reproduces the checkpoint it loads
+    np.testing.assert_allclose(positional_table(32, 512, policy=encoder.posemb),
+                               model.pos_embed[0].detach().numpy(), rtol=0, atol=1e-6)
+    d_tokens, d_emb = _parity(model, path, 512, 2, None)
+    assert d_tokens <= TOL and d_emb <= TOL, (d_tokens, d_emb)
+
+
+def test_t512_checkpoint_overrides_behave_as_documented(t512):
+    model, path = t512
+    x = _fbank(1, 512, seed=2)
+    with torch.no_grad():
+        ref_tokens = model(torch.from_numpy(x))[0].numpy()
+    # the 'prefix' table at the checkpoint's own T: other codes, with the warning; far from PyTorch
+    with pytest.warns(UserWarning, match=r"pretrained_t512\.pth: this checkpoint was trained at T = 512 with the "
+                                         r"'audiomae' positional table; posemb='prefix' gives its tokens other codes"):
+        encoder, variables = load_audiomae(path, posemb="prefix")
+    assert (encoder.target_length, encoder.posemb) == (512, "prefix")
+    with jax.default_matmul_precision("highest"):
+        tokens = np.asarray(jax.jit(encoder.apply)(variables, jnp.asarray(x))[0])
+    assert np.abs(tokens - ref_tokens).max() > 0.1
+    # a shorter T without a table keeps the checkpoint's policy: the (8, 16) grid, i.e. what PyTorch builds at
+    # T = 256 for the same weights (AudioMAE's interpolate_pos_embed_audio crops the grid to the same table)
+    encoder, variables = load_audiomae(path, target_length=256)
+    assert (encoder.target_length, encoder.posemb) == (256, "audiomae")
+    short = ta.MaskedAutoencoderViT(**_dims("test", 256), decoder_depth=2).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("pos_embed")}
+    short.load_state_dict(state, strict=False)
+    x = _fbank(1, 256, seed=3)
+    with torch.no_grad():
+        ref = short(torch.from_numpy(x))[1].numpy()
+    with jax.default_matmul_precision("highest"):
+        emb = np.asarray(jax.jit(encoder.apply)(variables, jnp.asarray(x))[1])
+    assert np.abs(emb - ref).max() <= TOL
 
 
 def _cli(*args):

@@ -47,8 +47,8 @@ def test_every_size_shapes(name):
 
 
 def test_sizes_table_matches_contract():
-    assert VIT_SIZES == {"test": (32, 4, 2, 64), "tiny": (192, 12, 3, 768), "small": (384, 12, 6, 1536),
-                         "base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096)}
+    assert VIT_SIZES == {"test": (32, 4, 2, 64), "mini": (192, 4, 3, 768), "tiny": (192, 12, 3, 768),
+                         "small": (384, 12, 6, 1536), "base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096)}
     assert make_encoder("small", pooling="fc_norm").pooling == "fc_norm"
     with pytest.raises(ValueError, match="unknown ViT size 'huge'"):
         AudioMAEEncoder.from_size("huge")
@@ -250,3 +250,61 @@ def test_positional_policy_reaches_the_tokens(test_model, posemb):
     params["fc_norm"] = {"scale": jnp.ones(32), "bias": jnp.zeros(32)}
     tokens, _ = jax.jit(ft.apply)({"params": params}, _fbank(1))
     np.testing.assert_allclose(tokens[0], positional_table(32, T_SMALL, policy=posemb), atol=1e-6)
+
+
+@pytest.mark.parametrize("setting, shown", [("default", "DEFAULT"), ("high", "HIGH"), ("highest", "HIGHEST")])
+def test_matmul_precision_reaches_every_dot_of_the_lowered_encoder(test_model, setting, shown):
+    """CPU computes float32 dots alike at every setting, so the check is on the lowered HLO: each dot_general
+    carries the precision of the enclosing jax.default_matmul_precision (the config's `precision`)."""
+    import re
+
+    enc, variables = test_model
+    for attention in ("einsum", "xla"):
+        with jax.default_matmul_precision(setting):
+            hlo = jax.jit(enc.clone(attention=attention).apply).lower(variables, _fbank(1)).as_text()
+        found = re.findall(r"stablehlo\.dot_general.*?precision = \[(\w+), (\w+)\]", hlo)
+        # patch proj + per block (qkv, 2 attention products, proj, fc1, fc2) = 1 + 6·depth dots, all marked
+        assert len(found) == 1 + 6 * enc.depth == hlo.count("stablehlo.dot_general"), attention
+        assert set(found) == {(shown, shown)}, (attention, set(found))
+
+
+def test_attention_paths_agree_at_highest_precision(test_model):
+    enc, variables = test_model
+    x = _fbank(2, seed=8)
+    with jax.default_matmul_precision("highest"):
+        ref_tokens, ref_emb = jax.jit(enc.clone(attention="einsum").apply)(variables, x)
+        tokens, emb = jax.jit(enc.clone(attention="xla").apply)(variables, x)
+        np.testing.assert_allclose(tokens, ref_tokens, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(emb, ref_emb, atol=1e-5, rtol=0)
+        # gradients too (the xla path is jax.nn.dot_product_attention's own VJP)
+        grad = lambda a: jax.jit(jax.grad(  # noqa: E731
+            lambda p: jnp.sum(enc.clone(attention=a).apply({"params": p}, x)[1] ** 2)))(variables["params"])
+        for g_ref, g in zip(jax.tree.leaves(grad("einsum")), jax.tree.leaves(grad("xla"))):
+            np.testing.assert_allclose(g, g_ref, atol=1e-5, rtol=1e-4)
+    assert float(jnp.abs(ref_emb).max()) > 0.1  # not a degenerate comparison
+
+
+def test_auto_attention_and_its_errors():
+    from uamix_jax.models.vit import resolve_attention
+
+    on_gpu = jax.default_backend() == "gpu"
+    assert resolve_attention("auto", jnp.float32, 64) == "einsum"  # cuDNN has no float32 path
+    assert resolve_attention("auto", jnp.bfloat16, 64) == ("cudnn" if on_gpu else "einsum")
+    assert resolve_attention("auto", jnp.bfloat16, 12) == "einsum"  # head width cuDNN does not take
+    assert resolve_attention("xla", jnp.float32, 64) == "xla"
+    with pytest.raises(ValueError, match=r"must be one of \('auto', 'einsum', 'xla', 'cudnn'\), got 'flash'"):
+        resolve_attention("flash", jnp.float32, 64)
+    with pytest.raises(ValueError, match="attention='cudnn' needs a bfloat16 or float16 compute dtype"):
+        AudioMAEEncoder.from_size("test", target_length=T_SMALL, attention="cudnn").init(jax.random.key(0),
+                                                                                          _fbank(1))
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN fused attention needs a GPU")
+def test_cudnn_attention_agrees_with_einsum_in_bfloat16():
+    enc = AudioMAEEncoder.from_size("tiny", target_length=T_SMALL, dtype=jnp.bfloat16)  # head width 64
+    x = _fbank(2, seed=9)
+    variables = jax.jit(enc.init)(jax.random.key(0), x)
+    _, ref = jax.jit(enc.clone(attention="einsum").apply)(variables, x)
+    _, emb = jax.jit(enc.clone(attention="cudnn").apply)(variables, x)
+    # both bf16 compute with float32 softmax: they differ by bf16 rounding of the products only
+    assert float(jnp.abs(emb - ref).max()) < 0.05

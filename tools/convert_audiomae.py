@@ -6,8 +6,9 @@
 Writes OUTPUT/variables (orbax checkpoint of the Flax encoder variables) and OUTPUT/audiomae.json (model size,
 dims, pooling, format, source file, keys dropped). Load it with `uamix_jax.load_audiomae(OUTPUT)`.
 `--check` also runs AudioMAE's encoder in PyTorch (uamix_jax.interop.torch_audiomae) and the converted Flax
-encoder on the same random input and prints the largest absolute differences; it exits with status 1 when one
-exceeds --tolerance. Errors (unreadable file, missing / unexpected / mis-shaped keys) exit with status 2.
+encoder (the checkpoint's own T and positional table, float32 matmuls: precision 'highest') on the same random
+input and prints the largest absolute differences; it exits with status 1 when one exceeds --tolerance. Errors
+(unreadable file, missing / unexpected / mis-shaped keys) exit with status 2.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def _say(message: str) -> None:
 
 def _check(state_dict: dict, output: str, info: dict, batch: int, seed: int) -> tuple[float, float]:
     """Max |Δ| of tokens and embedding between the torch reference (from the .pth) and Flax (from `output`)."""
+    import jax
     import jax.numpy as jnp
     import torch
 
@@ -60,15 +62,15 @@ def _check(state_dict: dict, output: str, info: dict, batch: int, seed: int) -> 
     from uamix_jax.interop.torch_audiomae import reference_from_state_dict
 
     model = reference_from_state_dict(state_dict, info)
-    # The table the checkpoint holds: at its own length, 'audiomae' and 'prefix' only differ for T < 1024.
-    encoder, variables = load_audiomae(output, target_length=info["target_length"],
-                                       posemb=info["checkpoint_posemb"])
+    encoder, variables = load_audiomae(output)  # the checkpoint's own T and positional table
     # Normalised fbanks have std ≈ 0.5 (AudioMAE divides by 2 std).
     x = (0.5 * np.random.default_rng(seed).standard_normal(
-        (batch, info["target_length"], info["num_mel_bins"]))).astype(np.float32)
+        (batch, encoder.target_length, encoder.num_mel_bins))).astype(np.float32)
     with torch.no_grad():
         ref_tokens, ref_embedding = (t.numpy() for t in model(torch.from_numpy(x)))
-    tokens, embedding = (np.asarray(a) for a in encoder.apply(variables, jnp.asarray(x)))
+    # true float32 matmuls: TPUs default to bf16 passes and A100/H100 to TF32
+    with jax.default_matmul_precision("highest"):
+        tokens, embedding = (np.asarray(a) for a in jax.jit(encoder.apply)(variables, jnp.asarray(x)))
     return float(np.abs(tokens - ref_tokens).max()), float(np.abs(embedding - ref_embedding).max())
 
 

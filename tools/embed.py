@@ -31,9 +31,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--audio", required=True, help="folder of audio files (wav, flac, ogg, opus, mp3, m4a)")
     parser.add_argument("--out", required=True, help="the .npz file to write")
     parser.add_argument("--target-length", type=int, default=0,
-                        help="frames per window (default 0: the encoder's own, 1024 for AudioMAE)")
-    parser.add_argument("--posemb", default="prefix", choices=("prefix", "audiomae"),
-                        help="positional-table policy for T != 1024 (default: prefix)")
+                        help="frames per window (default 0: the encoder's own, from its pos_embed or its workdir's "
+                             "config.json; 1024 for AudioMAE's released weights)")
+    parser.add_argument("--posemb", default=None, choices=("prefix", "audiomae"),
+                        help="positional-table policy (default: the checkpoint's own table; 'prefix' runs a "
+                             "1024-frame encoder on shorter windows with the codes of pretraining)")
     parser.add_argument("--crop", default="centre", choices=("centre", "windows"),
                         help="centre T frames, or the mean over consecutive T-frame windows (default: centre)")
     parser.add_argument("--clip-seconds", type=float, default=30.0,

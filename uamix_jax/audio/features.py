@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from uamix_jax.audio import fbank as _fbank
-from uamix_jax.audio import io as _io
 from uamix_jax.audio.fbank import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE
 
 # (mean, std) of AudioMAE's fbank per dataset (AudioMAE's dataset.py / main_finetune_*.py); AudioSet's is also
@@ -160,7 +159,9 @@ def load_audiomae_input(path: str | os.PathLike, *, target_length: int = 1024,
     normalisation of the file. A clip shorter than one frame (400 samples) gives padding frames only.
     """
     mean, std = resolve_stats(stats)
-    wave = _io.load_audio(path, sample_rate=SAMPLE_RATE)
+    from uamix_jax.audio.io import load_audio  # here: the jitted features need no soundfile (e.g. on a GPU box)
+
+    wave = load_audio(path, sample_rate=SAMPLE_RATE)
     # Remove the whole clip's mean here, then cut the clip to exactly the samples that target_length frames read:
     # the output is the same as AudioMAE's, and every file of any length reuses one compiled function.
     wave = wave - np.mean(wave, dtype=np.float64).astype(np.float32)

@@ -31,7 +31,7 @@ from uamix_jax.models.posemb import PRETRAIN_LENGTH, positional_table
 from uamix_jax.models.vit import VIT_SIZES, AudioMAEEncoder
 
 __all__ = ["CheckpointError", "convert_state_dict", "save_converted", "load_converted", "load_audiomae",
-           "INFO_FILE", "VARIABLES_DIR"]
+           "encoder_from_info", "own_posemb", "resolve_input", "INFO_FILE", "VARIABLES_DIR"]
 
 INFO_FILE = "audiomae.json"
 VARIABLES_DIR = "variables"
@@ -230,12 +230,35 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, num_heads: int | None =
     return {"params": params}, info
 
 
-def encoder_from_info(info: Mapping[str, Any], *, target_length: int | None = None, posemb: str = "prefix",
+def own_posemb(target_length: int, checkpoint_posemb: str) -> str:
+    """The policy that reproduces a checkpoint's own table: 'prefix' at T = 1024 (there both policies give AudioMAE's
+    table, and 'prefix' keeps those codes on shorter inputs, SPEC's default), else the policy its table matched."""
+    return "prefix" if target_length == PRETRAIN_LENGTH else checkpoint_posemb
+
+
+def resolve_input(own_length: int, own_table: str, target_length: int | None, posemb: str | None,
+                  source: str, *, stacklevel: int = 3) -> tuple[int, str]:
+    """(T, policy) to build an encoder with: each of `target_length` / `posemb` the checkpoint's own when None.
+
+    An explicit choice overrides; one that gives the checkpoint's own T another table warns (its tokens would get
+    other positional codes than in training).
+    """
+    t = int(target_length or own_length)
+    policy = posemb or own_table
+    if t == own_length != PRETRAIN_LENGTH and policy != own_table:
+        warnings.warn(f"{source}: this checkpoint was trained at T = {t} with the '{own_table}' positional table; "
+                      f"posemb='{policy}' gives its tokens other codes", stacklevel=stacklevel)
+    return t, policy
+
+
+def encoder_from_info(info: Mapping[str, Any], *, target_length: int | None = None, posemb: str | None = None,
                       dtype: Any = jnp.float32, **overrides: Any) -> AudioMAEEncoder:
-    """The `AudioMAEEncoder` that the converted variables described by `info` fit."""
+    """The `AudioMAEEncoder` that the converted variables described by `info` fit (None: the checkpoint's own T and
+    table; no warning here, see `load_audiomae`)."""
     fields = {k: info[k] for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size", "num_mel_bins",
                                    "pooling")}
-    fields.update(target_length=int(target_length or info["target_length"]), posemb=posemb, dtype=dtype)
+    own = own_posemb(info["target_length"], info["checkpoint_posemb"])
+    fields.update(target_length=int(target_length or info["target_length"]), posemb=posemb or own, dtype=dtype)
     fields.update(overrides)
     return AudioMAEEncoder(**fields)
 
@@ -302,23 +325,24 @@ def load_converted(directory: str | os.PathLike) -> tuple[dict, dict]:
     return jax.tree.map(np.asarray, variables), info
 
 
-def load_audiomae(path: str | os.PathLike, *, target_length: int = PRETRAIN_LENGTH, posemb: str = "prefix",
-                  dtype: Any = jnp.float32, num_heads: int | None = None) -> tuple[AudioMAEEncoder, dict]:
-    """Loads an AudioMAE encoder from a `.pth` file (either format) or a converted directory.
+def load_audiomae(path: str | os.PathLike, *, target_length: int | None = None, posemb: str | None = None,
+                  dtype: Any = jnp.float32, num_heads: int | None = None,
+                  attention: str = "auto") -> tuple[AudioMAEEncoder, dict]:
+    """Loads an AudioMAE encoder from a `.pth` file (either format, AudioMAE's or an export) or a converted directory.
 
-    Returns `(encoder, variables)`; `encoder.apply(variables, fbank)` with fbank [B, target_length, 128]
-    (normalised) gives `(tokens [B, 1 + 8·T/16, D], embedding [B, D])`. `posemb` picks the positional-table
-    policy for T ≠ 1024 ('prefix' or 'audiomae', see `uamix_jax.models.posemb`).
+    Returns `(encoder, variables)`; `encoder.apply(variables, fbank)` with fbank [B, T, 128] (normalised) gives
+    `(tokens [B, 1 + 8·T/16, D], embedding [B, D])`. By default the encoder is the one the checkpoint was trained
+    with: its own T (from `pos_embed`'s rows: T = 16·(rows − 1)/8) and its own positional table (the one its
+    `pos_embed` holds). An explicit `target_length` and/or `posemb` ('prefix' or 'audiomae', see
+    `uamix_jax.models.posemb`) override; giving the checkpoint's own T another table warns. `attention`: see
+    `AudioMAEEncoder.attention`.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         variables, info = load_converted(path)
     else:
         variables, info = convert_state_dict(load_pth(path), num_heads=num_heads, source=path)
-    if (target_length == info["target_length"] and info["target_length"] != PRETRAIN_LENGTH
-            and posemb != info["checkpoint_posemb"]):
-        warnings.warn(f"{path}: this checkpoint was trained at T = {target_length} with the "
-                      f"'{info['checkpoint_posemb']}' positional table; posemb='{posemb}' gives its tokens other "
-                      f"codes", stacklevel=2)
-    encoder = encoder_from_info(info, target_length=target_length, posemb=posemb, dtype=dtype)
+    own = own_posemb(info["target_length"], info["checkpoint_posemb"])
+    t, policy = resolve_input(info["target_length"], own, target_length, posemb, path)
+    encoder = encoder_from_info(info, target_length=t, posemb=policy, dtype=dtype, attention=attention)
     return encoder, jax.tree.map(jnp.asarray, variables)

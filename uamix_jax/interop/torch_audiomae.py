@@ -8,6 +8,12 @@ Two models, mirroring facebookresearch/AudioMAE (reference/audiomae.md §1-2):
   tokens = norm(z_L), embedding = mean(tokens[:, 1:]).
 - `VisionTransformer`: the fine-tuned model (no `norm`; `fc_norm`, `head`):
   tokens = z_L, embedding = fc_norm(mean(z_L[:, 1:])) (the input of `head`).
+- `TimmViT`: the key set of timm's `VisionTransformer(img_size=(T, 128), patch_size=16, in_chans=1, embed_dim=D,
+  depth=L, num_heads=H, num_classes=C, global_pool='avg', fc_norm=...)` (timm cannot be installed beside this torch
+  here; its names are AudioMAE's): `fc_norm=False` → `norm` (tokens = norm(z_L), embedding = their patch mean),
+  `fc_norm=True` → `fc_norm` and no `norm`; `head` only when C > 0. What PyTorch users load an export into.
+- `NNCLRHeadTorch`: MAE-CT's NNCLR head as `nn.Sequential`s (`projector`, `predictor`, optional
+  `target_projector`), the module an exported head (`tools/export_audiomae.py --head`) loads into.
 
 Both take a normalised fbank [B, T, F] and return (tokens [B, 1 + (T/16)(F/16), D], embedding [B, D]). This module
 imports torch: the rest of the package imports it lazily (converter `--check`, tests, benchmarks).
@@ -203,6 +209,72 @@ class VisionTransformer(_Encoder):
         return tokens, self.fc_norm(tokens[:, 1:].mean(dim=1))
 
 
+class TimmViT(_Encoder):
+    """timm's `VisionTransformer(..., global_pool='avg', fc_norm=fc_norm, num_classes=num_classes)` key set and forward.
+
+    fc_norm=False: `norm` on every token, embedding = mean of the normed patch tokens (timm's avg pool of
+    forward_features); fc_norm=True: no `norm`, embedding = fc_norm(mean(z_L[:, 1:])). `head` exists only for
+    num_classes > 0 and is not applied in forward (logits = model.head(embedding)).
+    """
+
+    def __init__(self, width: int = 768, depth: int = 12, num_heads: int = 12, mlp_dim: int = 3072,
+                 patch_size: int = 16, target_length: int = 1024, num_mel_bins: int = 128, *, fc_norm: bool = False,
+                 num_classes: int = 0):
+        super().__init__(width, depth, num_heads, mlp_dim, patch_size, target_length, num_mel_bins)
+        self.use_fc_norm = fc_norm
+        if fc_norm:
+            self.fc_norm = nn.LayerNorm(width, eps=LN_EPS)
+        else:
+            self.norm = nn.LayerNorm(width, eps=LN_EPS)
+        if num_classes > 0:
+            self.head = nn.Linear(width, num_classes)
+        self._init_like_mae()
+
+    def forward(self, fbank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.trunk(fbank)
+        if self.use_fc_norm:
+            return z, self.fc_norm(z[:, 1:].mean(dim=1))
+        tokens = self.norm(z)
+        return tokens, tokens[:, 1:].mean(dim=1)
+
+
+def _bn_mlp(sizes: list[int], *, last_bn: bool) -> nn.Sequential:
+    """Linear(no bias) → BN → ReLU ... ; the last Linear followed by a BN (projector) or nothing (predictor)."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out, bias=False))
+        last = i == len(sizes) - 2
+        if not last:
+            layers += [nn.BatchNorm1d(fan_out), nn.ReLU()]
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(fan_out))
+    return nn.Sequential(*layers)
+
+
+class NNCLRHeadTorch(nn.Module):
+    """MAE-CT's NNCLR head (reference/mae_ct_nnclr.md §1) as PyTorch Sequentials, keyed as the export writes it.
+
+    projector: 0 Linear(D, 2048) · 1 BN · 2 ReLU · 3 Linear(2048, 2048) · 4 BN · 5 ReLU · 6 Linear(2048, 256)
+               · 7 BN
+    predictor: 0 Linear(256, 4096) · 1 BN · 2 ReLU · 3 Linear(4096, 256)
+    target_projector (stage 2's EMA projector, `ema=True`): the projector's layout. Linears have no bias.
+    forward(h [B, D]) → (projection [B, 256] (target projector's when present), prediction [B, 256]).
+    """
+
+    def __init__(self, width: int, proj_hidden_dim: int = 2048, proj_dim: int = 256, pred_hidden_dim: int = 4096,
+                 *, ema: bool = False):
+        super().__init__()
+        self.projector = _bn_mlp([width, proj_hidden_dim, proj_hidden_dim, proj_dim], last_bn=True)
+        self.predictor = _bn_mlp([proj_dim, pred_hidden_dim, proj_dim], last_bn=False)
+        self.target_projector = (_bn_mlp([width, proj_hidden_dim, proj_hidden_dim, proj_dim], last_bn=True)
+                                 if ema else None)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.projector(h)
+        target = self.target_projector(h) if self.target_projector is not None else z
+        return target, self.predictor(z)
+
+
 def randomize_(model: nn.Module, seed: int = 0, scale: float = 1.0) -> nn.Module:
     """Overwrites every trainable parameter (not the fixed `pos_embed`) with N(0, scale²/fan_in) draws, in place.
 
@@ -256,6 +328,22 @@ def save_audiomae_checkpoint(model: nn.Module, path: str | os.PathLike, *, wrap:
     """Writes `model` as AudioMAE does (`wrap=True`: the full save_model dict; False: the bare state dict)."""
     obj = audiomae_checkpoint(model, **kw) if wrap else model.state_dict()
     torch.save(obj, os.fspath(path))
+
+
+def timm_reference(state_dict: dict, info: dict) -> TimmViT:
+    """The `TimmViT` a converter `info` describes, loaded strictly with the state dict's encoder keys (+ `head`).
+
+    Decoder keys and `mask_token` (an AudioMAE pretraining file) are not part of timm's model and are skipped.
+    """
+    state = {k: torch.as_tensor(v) for k, v in state_dict.items()
+             if not (k.startswith("decoder_") or k == "mask_token")}
+    num_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
+    model = TimmViT(width=info["width"], depth=info["depth"], num_heads=info["num_heads"], mlp_dim=info["mlp_dim"],
+                    patch_size=info["patch_size"], target_length=info["target_length"],
+                    num_mel_bins=info["num_mel_bins"], fc_norm=info["format"] == "finetuned",
+                    num_classes=num_classes)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def reference_from_state_dict(state_dict: dict, info: dict) -> nn.Module:
