@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.compare = ""  # more encoders: "[label=]path,[label=]path"; the first line of the figure is init_from
     c.seed = 0  # episodes (and the random init)
     c.dtype = "float32"  # encoder compute dtype; "bfloat16" on TPU/GPU
+    c.precision = "default"  # jax.default_matmul_precision of the encoder: 'default' | 'high' | 'highest'
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "esc50"  # esc50|speechcommands|nsynth|voxceleb1|fsdkaggle2018|audioset|manifest|folder|tfds

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from uamix_jax.data.manifest import (
@@ -226,5 +226,29 @@ def read_dataset(name: str, root: str, **options: Any) -> Manifest:
     return readers[name](root, **options)
 
 
-__all__ = ["read_dataset", "read_esc50", "read_speechcommands", "read_nsynth", "read_voxceleb1", "read_fsdkaggle2018",
+def read_configured_dataset(data: Mapping[str, Any], *, labelled: bool = False) -> Manifest:
+    """The manifest a config's `data` block names (name, root, split, tfds_name): the one reader of every command.
+
+    With `split`, only that split (an unknown split is an error naming the ones there are); with `labelled`, only
+    clips with a class label (an error when none has one).
+    """
+    name, root, split = data["name"], data.get("root", ""), data.get("split", "")
+    if name != "tfds" and not root:
+        raise ValueError(f"config.data.root is empty: point it at the unpacked {name} dataset")
+    options = {"tfds_name": data.get("tfds_name", "")} if name == "tfds" else {}
+    manifest = read_dataset(name, root, **options)
+    if split:
+        if split not in set(manifest.splits):
+            raise ValueError(f"config.data.split={split!r} is not a split of {name} at {root}; it has "
+                             f"{sorted(set(manifest.splits))} (use '' for every clip)")
+        manifest = manifest.filter(split=split)
+    if labelled:
+        manifest = manifest.select(manifest.labels >= 0)
+        if len(manifest) == 0:
+            raise ValueError(f"{name} at {root!r} (split {split or 'all'!r}) has no labelled clips; this command "
+                             f"needs class labels")
+    return manifest
+
+
+__all__ = ["read_dataset", "read_configured_dataset", "read_esc50", "read_speechcommands", "read_nsynth", "read_voxceleb1", "read_fsdkaggle2018",
            "read_folder", "read_manifest_csv", "read_unlabelled"]

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from uamix_jax.data.bad_audio import check_manifest
-from uamix_jax.data.layouts import read_dataset
+from uamix_jax.data.layouts import read_configured_dataset
 from uamix_jax.data.manifest import Manifest
 from uamix_jax.evaluation.embed import InputPolicy, cached_embeddings, params_fingerprint
 from uamix_jax.evaluation.encoders import load_encoder, random_encoder
@@ -25,7 +25,7 @@ from uamix_jax.evaluation.episodes import class_members
 from uamix_jax.evaluation.fewshot import evaluate_fewshot
 from uamix_jax.evaluation.plots import plot_fewshot_curves
 from uamix_jax.models.posemb import PRETRAIN_LENGTH
-from uamix_jax.models.precision import compute_dtype
+from uamix_jax.models.precision import check_precision, compute_dtype
 
 SWEEP_WAYS = (5, 10, 15, 20)
 SWEEP_SHOTS = (1, 5)
@@ -53,17 +53,7 @@ def dataset_label(data: ml_collections.ConfigDict) -> str:
 
 def load_labelled_manifest(data: ml_collections.ConfigDict) -> Manifest:
     """config.data's manifest (one split when data.split is set), labelled clips only."""
-    options = {"tfds_name": data.get("tfds_name", "")} if data.name == "tfds" else {}
-    if data.name != "tfds" and not data.root:
-        raise ValueError(f"config.data.root is empty: point it at the unpacked {data.name} dataset")
-    manifest = read_dataset(data.name, data.root, **options)
-    if data.split:
-        manifest = manifest.filter(split=data.split)
-    labelled = manifest.select(manifest.labels >= 0)
-    if len(labelled) == 0:
-        raise ValueError(f"{data.name} at {data.root!r} (split {data.split or 'all'!r}) has no labelled clips; "
-                         f"few-shot evaluation needs class labels")
-    return labelled
+    return read_configured_dataset(data, labelled=True)
 
 
 def parse_encoders(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
@@ -127,6 +117,11 @@ def run_fewshot(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
         logging.info("few-shot evaluation runs on process 0 only; process %d has nothing to do",
                      jax.process_index())
         return []
+    with jax.default_matmul_precision(check_precision(config.get("precision", "default"))):
+        return _run_fewshot(config, workdir)
+
+
+def _run_fewshot(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
     for name in ("ways", "shots", "queries", "episodes", "batch_size"):
         if int(config[name]) < 1:
             raise ValueError(f"config.{name} must be >= 1, got {config[name]}")

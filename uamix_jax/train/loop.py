@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from uamix_jax.audio.fbank import SAMPLE_RATE
 from uamix_jax.data.bad_audio import BadAudioLog, check_manifest
-from uamix_jax.data.layouts import read_dataset
+from uamix_jax.data.layouts import read_configured_dataset
 from uamix_jax.data.manifest import Manifest
 from uamix_jax.data.pipeline import bad_audio_log_path, make_pipeline
 from uamix_jax.data.summary import dataset_summary
@@ -73,16 +73,8 @@ class TrainingPlan:
 
 
 def load_manifest(data: ml_collections.ConfigDict) -> Manifest:
-    """The manifest of config.data (one split of it when data.split is set); the one reader every command uses."""
-    options = {"tfds_name": data.tfds_name} if data.name == "tfds" and "tfds_name" in data else {}
-    manifest = read_dataset(data.name, data.root, **options)
-    split = data.get("split", "")
-    if split:
-        if split not in set(manifest.splits):
-            raise ValueError(f"config.data.split={split!r} is not a split of {data.name} at {data.root}; it has "
-                             f"{sorted(set(manifest.splits))} (use '' for every clip)")
-        manifest = manifest.filter(split=split)
-    return manifest
+    """The manifest of config.data (one split of it when data.split is set)."""
+    return read_configured_dataset(data)
 
 
 def plan_training(config: ml_collections.ConfigDict, manifest: Manifest) -> TrainingPlan:
