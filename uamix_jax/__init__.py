@@ -59,6 +59,9 @@ _EXPORTS: dict[str, str] = {
     "train_and_evaluate": "uamix_jax.train.loop",
     "run_training": "uamix_jax.train.loop",
     "pretrain": "uamix_jax.train.pretrain",
+    "finetune": "uamix_jax.train.finetune",
+    "run_linear_probe": "uamix_jax.evaluation.linear_probe",
+    "mean_average_precision": "uamix_jax.evaluation.metrics",
 }
 
 __all__ = sorted(_EXPORTS)

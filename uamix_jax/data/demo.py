@@ -118,3 +118,16 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m uamix_jax.data.demo OUT_DIR")
     print(make_demo_dataset(sys.argv[1]))
+
+
+def ensure_demo_dataset(root: str | os.PathLike, *, num_classes: int = 8, clips_per_class: int = 24,
+                        seconds: float = 2.0, seed: int = 0) -> str:
+    """`make_demo_dataset` into `root` unless it is already there (written to `root.tmp`, then renamed, so an
+    interrupted run never leaves half a dataset); returns root. The demos' shared way to make their data once."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        print(f"synthesising {num_classes} classes x {clips_per_class} clips into {root}", file=sys.stderr, flush=True)
+        make_demo_dataset(root + ".tmp", num_classes=num_classes, clips_per_class=clips_per_class, seconds=seconds,
+                          seed=seed)
+        os.replace(root + ".tmp", root)
+    return root

@@ -1,4 +1,4 @@
-"""Evaluation of frozen encoders: few-shot episodes (the paper's Table 2 and Fig. 3) and loading tuned encoders.
+"""Evaluation of encoders: few-shot episodes (the paper's Table 2 and Fig. 3), linear probes, metrics, loading.
 
   episodes.py      N-way K-shot episode sampling on the host (index arrays, seeded)
   fewshot.py       the jitted nearest-centroid evaluator over all episodes, mean ± 1.96·std/√E
@@ -6,6 +6,10 @@
   encoders.py      `load_encoder(path)` for converted AudioMAE dirs, .pth files and training workdirs
   plots.py         the Fig. 3-style PNG
   fewshot_main.py  `run_fewshot(config, workdir)`, the command behind configs/fewshot.py
+  periodic.py      `PeriodicFewShot`: few-shot accuracy every fewshot.every training steps
+  metrics.py       mAP and top-1 accuracy over padded, masked evaluation batches
+  protocol.py      train/test partitions (published splits, folds, a stratified 80/20 split) and result records
+  linear_probe.py  `run_linear_probe(config, workdir)`: a linear classifier on frozen, cached embeddings
 
 Nothing is imported here, so importing one module stays light.
 """

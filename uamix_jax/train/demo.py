@@ -13,9 +13,8 @@ import os
 
 import ml_collections
 import numpy as np
-from absl import logging
 
-from uamix_jax.data.demo import make_demo_dataset
+from uamix_jax.data.demo import ensure_demo_dataset
 from uamix_jax.data.layouts import read_dataset
 from uamix_jax.evaluation.embed import InputPolicy, embed_manifest
 from uamix_jax.evaluation.encoders import load_encoder
@@ -47,15 +46,6 @@ def _last(workdir: str) -> str:
     return f"step {row['step']}: loss {row['loss']:.4f}, queue neighbour label accuracy {row['nn_accuracy']:.3f}"
 
 
-def _synthesise(root: str, clips_per_class: int, seconds: float, seed: int) -> str:
-    if not os.path.isdir(root):
-        logging.info("demo: synthesising %d classes x %d clips into %s", DEMO_CLASSES, clips_per_class, root)
-        make_demo_dataset(root + ".tmp", num_classes=DEMO_CLASSES, clips_per_class=clips_per_class, seconds=seconds,
-                          seed=seed)
-        os.replace(root + ".tmp", root)
-    return root
-
-
 def fewshot_accuracy(encoder_dir: str, data_root: str, config: ml_collections.ConfigDict) -> dict:
     """N-way K-shot accuracy (config.fewshot) of a training workdir's encoder on a folder dataset."""
     encoder, variables = load_encoder(encoder_dir)
@@ -72,8 +62,10 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     """Runs the demo in `workdir`; returns {stage name: workdir}."""
     os.makedirs(workdir, exist_ok=True)
     seconds = config.data.clip_seconds
-    data_root = _synthesise(os.path.join(workdir, "data"), DEMO_CLIPS_PER_CLASS, seconds, config.seed)
-    heldout = _synthesise(os.path.join(workdir, "heldout"), HELDOUT_CLIPS_PER_CLASS, seconds, config.seed + 1000)
+    data_root = ensure_demo_dataset(os.path.join(workdir, "data"), num_classes=DEMO_CLASSES,
+                                    clips_per_class=DEMO_CLIPS_PER_CLASS, seconds=seconds, seed=config.seed)
+    heldout = ensure_demo_dataset(os.path.join(workdir, "heldout"), num_classes=DEMO_CLASSES,
+                                  clips_per_class=HELDOUT_CLIPS_PER_CLASS, seconds=seconds, seed=config.seed + 1000)
     config = copy.deepcopy(config)
     with config.unlocked():
         config.data.root = data_root

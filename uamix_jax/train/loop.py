@@ -59,6 +59,7 @@ class TrainTask:
     postfix: tuple[str, ...] = ("loss",)
     evaluate: Callable[[TrainState, int], dict[str, float]] | None = None
     eval_every: int = 0
+    warmup_steps: int | None = None  # for config.json; None: round(config.optim.warmup_fraction × total steps)
     derived: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -157,7 +158,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, plan: Training
         plan.manifest, batch_size=t.global_batch // n_proc,
         clip_samples=int(round(config.data.clip_seconds * SAMPLE_RATE)), seed=config.seed, train=True,
         process_index=jax.process_index(), process_count=n_proc, worker_count=config.data.worker_count,
-        on_bad_audio=config.data.on_bad_audio, bad_audio_log=bad_log, sample_rate=SAMPLE_RATE)
+        on_bad_audio=config.data.on_bad_audio, bad_audio_log=bad_log, sample_rate=SAMPLE_RATE,
+        multi_hot="multi_hot" in task.batch_keys)
     try:
         if jax.process_index() == 0:
             logging.info("%s", dataset_summary(plan.manifest, bad_count=bad_log.count))
@@ -173,7 +175,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, plan: Training
             state = task.init_from(state)
         write_config(config, workdir, total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch,
                      devices=jax.device_count(), processes=n_proc, per_device_batch=plan.per_device_batch,
-                     warmup_steps=int(round(config.optim.warmup_fraction * plan.total_steps)),
+                     warmup_steps=(task.warmup_steps if task.warmup_steps is not None
+                                   else int(round(config.optim.warmup_fraction * plan.total_steps))),
                      clips=len(plan.manifest), **task.derived)
         writer = MetricWriter(workdir, resume_step=int(state.step))
         state = replicate(state, mesh)

@@ -80,6 +80,30 @@ def stage_rules(stage: int, depth: int, layer_decay: float) -> tuple[list[tuple[
     return rules, scales
 
 
+NO_WEIGHT_DECAY = ("cls_token",)  # labels whose parameters never decay (AudioMAE's no_weight_decay list)
+
+
+def finetune_rules(depth: int, layer_decay: float) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """(rules, lr scale per label) for AudioMAE's fine-tuning: everything trains, layer-wise lr decay.
+
+    AudioMAE's `param_groups_lrd` with L + 1 "layers": patch embedding and cls token (and the fixed positions, a
+    constant here) get layer_decay^(L+1), block i (0-based) layer_decay^(L−i), the rest (fc_norm / norm, the
+    classifier head) 1. The cls token has its own label, listed in NO_WEIGHT_DECAY: AudioMAE exempts it (and
+    pos_embed) from weight decay, as `decay_mask` exempts every 1-D parameter and bias.
+    """
+    rules = [
+        (r"encoder/patch_embed/.*", "embed"),
+        (r"encoder/cls_token", "cls_token"),
+        *[(rf"encoder/blocks_{i}/.*", f"block_{i:02d}") for i in range(depth)],
+        (r"encoder/(norm|fc_norm)/.*", "encoder_norm"),
+        (r"head/.*", "head"),
+    ]
+    scales = {"embed": layer_decay ** (depth + 1), "cls_token": layer_decay ** (depth + 1)}
+    scales.update({f"block_{i:02d}": layer_decay ** (depth - i) for i in range(depth)})
+    scales.update(encoder_norm=1.0, head=1.0)
+    return rules, scales
+
+
 def warmup_cosine(peak: float, total_steps: int, warmup_steps: int) -> optax.Schedule:
     """MAE-CT's schedule: peak·(s+1)/(W+1) for s < W, then peak·½(1 + cos(π (s−W)/C)), C = total − W."""
     cosine_steps = max(total_steps - warmup_steps, 1)

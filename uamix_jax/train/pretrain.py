@@ -141,14 +141,9 @@ def _demo_data(config: ml_collections.ConfigDict, workdir: str) -> ml_collection
     """With data.synthetic and no data.root: the demo's synthetic tones in <workdir>/data (made once) as the data."""
     if config.data.root or not config.data.get("synthetic", False):
         return config
-    from uamix_jax.data.demo import make_demo_dataset
+    from uamix_jax.data.demo import ensure_demo_dataset
 
-    root = os.path.join(workdir, "data")
-    if not os.path.isdir(root):
-        logging.info("pretrain: synthesising the demo clips into %s", root)
-        make_demo_dataset(root + ".tmp", num_classes=8, clips_per_class=24, seconds=config.data.clip_seconds,
-                          seed=config.seed)
-        os.replace(root + ".tmp", root)
+    root = ensure_demo_dataset(os.path.join(workdir, "data"), seconds=config.data.clip_seconds, seed=config.seed)
     config = copy.deepcopy(config)
     with config.unlocked():
         config.data.root = root

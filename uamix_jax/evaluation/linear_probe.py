@@ -1,0 +1,190 @@
+"""Linear probing of a frozen encoder (the cheap variant of the paper's Table 4): `run_linear_probe(config, workdir)`.
+
+    python -m uamix_jax.main --config=configs/linear_probe.py:esc50 --workdir=W --config.init_from=ENC \
+        --config.data.root=DIR
+
+manifest → train/test partitions (`evaluation.protocol`, as fine-tuning) → the frozen encoder's clip embeddings of
+every labelled clip, from the few-shot command's cache (`embed.cached_embeddings`, in W/embeddings) → per partition,
+MAE's linear probe on the cached embeddings:
+
+    logits = W · BN(e) + b,   BN = BatchNorm without affine (batch statistics in training, running ones at test)
+
+trained with AdamW (optax; no weight decay) on minibatches, linear warmup + cosine lr, cross-entropy (single-label)
+or BCE (multi-label); the test metric (top-1 or mAP) after every epoch →
+W/linear_probe/<dataset>.json in fine-tuning's format (value = last epoch, best, best_epoch; folds: per_fold, std).
+Seconds to minutes: only the probe trains, on arrays already in memory.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from tqdm import tqdm
+
+from uamix_jax.data.bad_audio import check_manifest
+from uamix_jax.data.layouts import read_configured_dataset
+from uamix_jax.data.manifest import Manifest
+from uamix_jax.evaluation.embed import InputPolicy, cached_embeddings, params_fingerprint
+from uamix_jax.evaluation.encoders import load_encoder, random_encoder
+from uamix_jax.evaluation.fewshot_main import dataset_label
+from uamix_jax.evaluation.metrics import mean_average_precision, top1_accuracy
+from uamix_jax.evaluation.protocol import (
+    EvalRun, demo_dataset, evaluation_runs, metric_name, run_record, summary_record, write_record)
+from uamix_jax.models.posemb import PRETRAIN_LENGTH
+from uamix_jax.models.precision import compute_dtype
+
+
+class LinearProbe(nn.Module):
+    """MAE's probe head: BatchNorm1d(affine=False, eps=1e-6) then Linear(D → C) (weights N(0, 0.01²), bias 0).
+
+    embeddings [B, D] → logits [B, C], float32. torch's BN momentum 0.1 is flax's 0.9.
+    """
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False, epsilon=1e-6, momentum=0.9,
+                         name="bn")(x.astype(jnp.float32))
+        return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), name="head")(x)
+
+
+def _loss(logits: jax.Array, targets: jax.Array, multilabel: bool) -> jax.Array:
+    if multilabel:
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
+    return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
+                num_classes: int, multilabel: bool, epochs: int, batch_size: int, base_lr: float,
+                warmup_epochs: float, seed: int, progress: bool = False) -> list[dict[str, float]]:
+    """Trains a LinearProbe on embeddings x_train [N, D] with targets y_train (int [N], or multi-hot [N, C] when
+    multilabel; C = num_classes); returns one row per epoch {'epoch', 'test/<metric>'} measured on (x_test, y_test).
+
+    Minibatches of `batch_size` (the last partial batch of an epoch is dropped, as a DataLoader with drop_last;
+    at least one batch), reshuffled per epoch from `seed`. lr = base_lr · batch / 256, warmup then cosine to 0.
+    MAE probes with LARS at batch 16,384, whose trust ratio (0.001·|w|/|g|) moves the weights by ~lr·0.1 % per
+    step: with these sets' few hundred steps that barely leaves the initialisation, so AdamW it is.
+    """
+    n = x_train.shape[0]
+    batch = min(batch_size, n)
+    steps_per_epoch = max(1, n // batch)
+    total = epochs * steps_per_epoch
+    warmup = min(int(warmup_epochs * steps_per_epoch), total - 1)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, base_lr * batch / 256, warmup, total, 0.0)
+    tx = optax.adamw(schedule, weight_decay=0.0)
+    model = LinearProbe(num_classes)
+    variables = model.init(jax.random.key(seed), jnp.zeros((2, x_train.shape[1]), jnp.float32))
+    params, stats = variables["params"], variables["batch_stats"]
+    opt_state = tx.init(params)
+
+    def targets_of(y: jax.Array) -> jax.Array:
+        return y.astype(jnp.float32) if multilabel else jax.nn.one_hot(y, num_classes)
+
+    @jax.jit
+    def step(params, stats, opt_state, x, y):
+        def loss_fn(p):
+            logits, updates = model.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+            return _loss(logits, targets_of(y), multilabel), updates["batch_stats"]
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), stats, opt_state, loss
+
+    predict = jax.jit(lambda p, s, x: model.apply({"params": p, "batch_stats": s}, x))
+    metric = metric_name(multilabel)
+    rng = np.random.default_rng(seed)
+    x_train_d, y_train_d, x_test_d = jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(x_test)
+    history = []
+    for epoch in tqdm(range(1, epochs + 1), desc="linear probe", unit="epoch", disable=not progress):
+        order = jnp.asarray(rng.permutation(n)[: steps_per_epoch * batch].reshape(steps_per_epoch, batch))
+        for rows in order:
+            params, stats, opt_state, loss = step(params, stats, opt_state, x_train_d[rows], y_train_d[rows])
+        scores = np.asarray(predict(params, stats, x_test_d))
+        value = (mean_average_precision(scores, y_test)["map"] if multilabel else top1_accuracy(scores, y_test))
+        history.append({"epoch": epoch, f"test/{metric}": value, "loss": float(loss)})
+    return history
+
+
+def _encoder(config: ml_collections.ConfigDict) -> tuple[Any, Any, str]:
+    """(encoder, variables, description): config.init_from, or a random init of config.model.size."""
+    dtype, m = compute_dtype(config.dtype), config.model
+    if config.init_from:
+        encoder, variables = load_encoder(config.init_from, target_length=m.target_length, posemb=m.posemb,
+                                          dtype=dtype)
+        return encoder, variables, os.path.abspath(config.init_from)
+    encoder, variables = random_encoder(m.size, target_length=m.target_length or PRETRAIN_LENGTH, posemb=m.posemb,
+                                        seed=config.seed, dtype=dtype)
+    return encoder, variables, f"random:{m.size}:seed{config.seed}"
+
+
+def _manifest(config: ml_collections.ConfigDict, workdir: str) -> Manifest:
+    """The labelled clips of config.data; the demo's data is synthesised in W/data when data.root is empty."""
+    data = config.data.to_dict()
+    if not data["root"] and data["name"] != "tfds" and data["synthetic"]:
+        data["root"] = demo_dataset(workdir, config.clip_seconds, config.seed)
+    return read_configured_dataset(data, labelled=True)
+
+
+def _rows(run_part: Manifest, position: dict[str, int]) -> np.ndarray:
+    return np.array([position[c] for c in run_part.clip_ids], np.int64)
+
+
+def probe_run(config: ml_collections.ConfigDict, run: EvalRun, manifest: Manifest, emb: np.ndarray,
+              valid: np.ndarray) -> dict[str, Any]:
+    """Trains and tests the probe on one partition (clips that failed to embed left out); returns its record."""
+    multilabel, p = config.multilabel, config.probe
+    position = {c: i for i, c in enumerate(manifest.clip_ids)}
+    train, test = _rows(run.train, position), _rows(run.test, position)
+    train, test = train[valid[train]], test[valid[test]]
+    if multilabel:
+        targets = manifest.multi_labels.dense()
+        y_train, y_test = targets[train], targets[test]
+    else:
+        y_train, y_test = manifest.labels[train], manifest.labels[test]
+    history = train_probe(emb[train], y_train, emb[test], y_test, num_classes=manifest.num_classes,
+                          multilabel=multilabel, epochs=p.epochs,
+                          batch_size=p.batch_size, base_lr=p.base_lr, warmup_epochs=p.warmup_epochs,
+                          seed=config.seed, progress=config.progress)
+    metric = metric_name(multilabel)
+    return {**run_record(history, metric), "train_clips": int(train.size), "test_clips": int(test.size)}
+
+
+def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Linear probe of config.init_from on config.data in `workdir`; returns the result record (module docstring).
+
+    Runs on process 0 only (embeddings of an evaluation set fit one host); other processes return an empty dict.
+    """
+    if jax.process_index() != 0:
+        return {}
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    manifest = _manifest(config, workdir)
+    check_manifest(manifest)
+    d = config.data
+    runs = evaluation_runs(manifest, folds=config.folds, train_split=d.train_split, valid_split="",
+                           test_split=d.test_split, seed=config.seed)
+    encoder, variables, description = _encoder(config)
+    policy = InputPolicy(target_length=encoder.target_length, stats=d.stats, crop=config.crop,
+                         clip_seconds=config.clip_seconds)
+    emb, valid, cache_file, reused = cached_embeddings(
+        manifest, encoder, variables, policy=policy, cache_dir=os.path.join(workdir, "embeddings"),
+        batch_size=config.batch_size, worker_count=config.worker_count, progress=config.progress,
+        params_hash=params_fingerprint(variables))
+    logging.info("embeddings %s %s", "reused from" if reused else "written to", cache_file)
+    records = {run.name: probe_run(config, run, manifest, emb, valid) for run in runs}
+    dataset = dataset_label(d)
+    record = summary_record(dataset, metric_name(config.multilabel), description, records)
+    record["embeddings"] = cache_file
+    path = write_record(os.path.join(workdir, "linear_probe", f"{dataset}.json"), record)
+    print(f"linear probe {dataset}: {record['metric']} {record['value']:.4f} (last epoch), best {record['best']:.4f}"
+          + (f", std {record['std']:.4f} over {len(records)} folds" if "std" in record else "")
+          + f"; {path}", flush=True)
+    return record
