@@ -76,3 +76,15 @@ def test_evaluation_imports_nothing_from_train():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_no_copied_block_inside_the_package():
+    """One way to do each thing: the `duplicates` tool (where installed) finds no pair of copied blocks in uamix_jax/."""
+    import shutil
+
+    tool = shutil.which("duplicates")
+    if tool is None:
+        pytest.skip("the duplicates tool is not installed here")
+    out = subprocess.run([tool, "--repo", "uamix_jax", "--seconds", "120"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.stdout.startswith("no duplicates"), out.stdout

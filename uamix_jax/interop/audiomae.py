@@ -175,6 +175,23 @@ def _check_pos_embed(stored: np.ndarray, dims: Mapping[str, int], source: str) -
         f"loading it, so a checkpoint with a trained or differently built pos_embed cannot be converted")
 
 
+def torch_tensor_maps(state: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """(f32, linear, layer_norm) readers of a PyTorch state dict into Flax leaves: `f32(key)` float32 array;
+    `linear(prefix)` {kernel = weightᵀ, bias}; `layer_norm(prefix)` {scale = weight, bias}. Shared by the encoder's
+    and the MAE decoder's mappings."""
+
+    def f32(key: str) -> np.ndarray:
+        return np.ascontiguousarray(state[key], dtype=np.float32)
+
+    def linear(prefix: str) -> dict[str, np.ndarray]:
+        return {"kernel": np.ascontiguousarray(f32(f"{prefix}.weight").T), "bias": f32(f"{prefix}.bias")}
+
+    def layer_norm(prefix: str) -> dict[str, np.ndarray]:
+        return {"scale": f32(f"{prefix}.weight"), "bias": f32(f"{prefix}.bias")}
+
+    return f32, linear, layer_norm
+
+
 def convert_state_dict(state_dict: Mapping[str, Any], *, num_heads: int | None = None,
                        source: str = "<state dict>") -> tuple[dict, dict]:
     """Maps an AudioMAE state dict (name → array [torch layout]) to Flax variables `{'params': ...}` (numpy).
@@ -192,14 +209,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, num_heads: int | None =
     _check_keys(state, _expected_shapes(fmt, dims), fmt, dims, source)
     checkpoint_posemb = _check_pos_embed(state["pos_embed"], dims, source)
 
-    def f32(key: str) -> np.ndarray:
-        return np.ascontiguousarray(state[key], dtype=np.float32)
-
-    def linear(prefix: str) -> dict[str, np.ndarray]:
-        return {"kernel": np.ascontiguousarray(f32(f"{prefix}.weight").T), "bias": f32(f"{prefix}.bias")}
-
-    def layer_norm(prefix: str) -> dict[str, np.ndarray]:
-        return {"scale": f32(f"{prefix}.weight"), "bias": f32(f"{prefix}.bias")}
+    f32, linear, layer_norm = torch_tensor_maps(state)
 
     params: dict[str, Any] = {
         "patch_embed": {"proj": {

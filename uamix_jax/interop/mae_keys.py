@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from uamix_jax.interop.audiomae import POS_EMBED_ATOL, convert_state_dict
+from uamix_jax.interop.audiomae import POS_EMBED_ATOL, convert_state_dict, torch_tensor_maps
 from uamix_jax.interop.torch_io import CheckpointError
 from uamix_jax.models.posemb import positional_table
 
@@ -96,14 +96,7 @@ def decoder_params_from_state_dict(
                 f"{target_length} with posemb='{posemb}' ([1, {1 + n}, {d}]); pass the T and policy it was "
                 f"trained with")
 
-    def f32(key: str) -> np.ndarray:
-        return np.ascontiguousarray(state[key], dtype=np.float32)
-
-    def linear(prefix: str) -> dict[str, np.ndarray]:
-        return {"kernel": np.ascontiguousarray(f32(f"{prefix}.weight").T), "bias": f32(f"{prefix}.bias")}
-
-    def layer_norm(prefix: str) -> dict[str, np.ndarray]:
-        return {"scale": f32(f"{prefix}.weight"), "bias": f32(f"{prefix}.bias")}
+    f32, linear, layer_norm = torch_tensor_maps(state)
 
     params: dict[str, Any] = {"decoder_embed": linear("decoder_embed"), "mask_token": f32("mask_token"),
                               "decoder_norm": layer_norm("decoder_norm"), "decoder_pred": linear("decoder_pred")}

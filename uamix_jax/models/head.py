@@ -45,7 +45,20 @@ def _dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
     )
 
 
-class Projector(nn.Module):
+class _BatchNormMLP(nn.Module):
+    """The fields the projector and predictor share: the BatchNorm sync axis, compute dtype and BN numbers."""
+
+    axis_name: str | None = None
+    dtype: Dtype = jnp.float32
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+
+    def _bn(self, name: str) -> nn.BatchNorm:
+        return batch_norm(momentum=self.bn_momentum, epsilon=self.bn_eps, axis_name=self.axis_name, dtype=self.dtype,
+                          name=name)
+
+
+class Projector(_BatchNormMLP):
     """h [B, D] → z [B, proj_dim]: Dense → BN → ReLU → Dense → BN → ReLU → Dense → BN (MAE-CT's projector).
 
     Submodules: `linear0..2`, `bn0..2`. The output is float32 whatever `dtype` is.
@@ -53,17 +66,11 @@ class Projector(nn.Module):
 
     proj_hidden_dim: int = 2048
     proj_dim: int = 256
-    axis_name: str | None = None
-    dtype: Dtype = jnp.float32
-    bn_momentum: float = 0.9
-    bn_eps: float = 1e-5
 
     @nn.compact
     def __call__(self, h: jax.Array, *, train: bool = True) -> jax.Array:
         chex.assert_rank(h, 2)
-        bn = lambda i: batch_norm(  # noqa: E731
-            momentum=self.bn_momentum, epsilon=self.bn_eps, axis_name=self.axis_name, dtype=self.dtype, name=f"bn{i}"
-        )
+        bn = lambda i: self._bn(f"bn{i}")  # noqa: E731
         x = h.astype(self.dtype)
         x = nn.relu(bn(0)(_dense(self.proj_hidden_dim, self.dtype, "linear0")(x), use_running_average=not train))
         x = nn.relu(bn(1)(_dense(self.proj_hidden_dim, self.dtype, "linear1")(x), use_running_average=not train))
@@ -71,7 +78,7 @@ class Projector(nn.Module):
         return x.astype(jnp.float32)
 
 
-class Predictor(nn.Module):
+class Predictor(_BatchNormMLP):
     """z [B, proj_dim] → p [B, proj_dim]: Dense(pred_hidden_dim) → BN → ReLU → Dense(proj_dim) (MAE-CT's predictor).
 
     Submodules: `linear0`, `bn0`, `linear1`. The output is float32 whatever `dtype` is.
@@ -79,17 +86,12 @@ class Predictor(nn.Module):
 
     proj_dim: int = 256
     pred_hidden_dim: int = 4096
-    axis_name: str | None = None
-    dtype: Dtype = jnp.float32
-    bn_momentum: float = 0.9
-    bn_eps: float = 1e-5
 
     @nn.compact
     def __call__(self, z: jax.Array, *, train: bool = True) -> jax.Array:
         chex.assert_rank(z, 2)
         x = _dense(self.pred_hidden_dim, self.dtype, "linear0")(z.astype(self.dtype))
-        x = batch_norm(momentum=self.bn_momentum, epsilon=self.bn_eps, axis_name=self.axis_name, dtype=self.dtype,
-                       name="bn0")(x, use_running_average=not train)
+        x = self._bn("bn0")(x, use_running_average=not train)
         x = _dense(self.proj_dim, self.dtype, "linear1")(nn.relu(x))
         return x.astype(jnp.float32)
 
@@ -116,8 +118,8 @@ class NNCLRHead(nn.Module):
 
     def setup(self) -> None:
         common = dict(axis_name=self.axis_name, dtype=self.dtype, bn_momentum=self.bn_momentum, bn_eps=self.bn_eps)
-        self.projector = Projector(self.proj_hidden_dim, self.proj_dim, **common)
-        self.predictor = Predictor(self.proj_dim, self.pred_hidden_dim, **common)
+        self.projector = Projector(proj_hidden_dim=self.proj_hidden_dim, proj_dim=self.proj_dim, **common)
+        self.predictor = Predictor(proj_dim=self.proj_dim, pred_hidden_dim=self.pred_hidden_dim, **common)
 
     def __call__(self, h: jax.Array, *, train: bool = True) -> tuple[jax.Array, jax.Array]:
         """h [B, D] → (projection [B, proj_dim], prediction [B, proj_dim]), float32."""

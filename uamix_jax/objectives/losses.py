@@ -59,17 +59,9 @@ def _check_inputs(p_a: jax.Array, p_b: jax.Array, nn_a: jax.Array, nn_b: jax.Arr
     chex.assert_type([p_a, p_b, nn_a, nn_b], float)
 
 
-def soft_nnclr_loss(
-    p_a: jax.Array,
-    p_b: jax.Array,
-    nn_a: jax.Array,
-    nn_b: jax.Array,
-    targets: jax.Array,
-    temperature: float = 0.15,
-    *,
-    axis_name: str | None = None,
-    label_smoothing: float = 0.0,
-) -> jax.Array:
+def soft_nnclr_loss(p_a: jax.Array, p_b: jax.Array, nn_a: jax.Array, nn_b: jax.Array, targets: jax.Array,
+                    temperature: float = 0.15, *, axis_name: str | None = None,
+                    label_smoothing: float = 0.0) -> jax.Array:
     """Soft NNCLR loss ½ [CE(nn_b p̂_aᵀ/τ, Yᵀ) + CE(nn_a p̂_bᵀ/τ, Y)], a float32 scalar (the paper's Eq. 4).
 
     p_a, p_b [B, D]: predictions of the mixed and positive views (normalised here); nn_a, nn_b [B, D]: queue
@@ -119,15 +111,8 @@ def soft_nnclr_loss(
     return loss
 
 
-def nnclr_loss(
-    p_a: jax.Array,
-    p_b: jax.Array,
-    nn_a: jax.Array,
-    nn_b: jax.Array,
-    temperature: float = 0.15,
-    *,
-    axis_name: str | None = None,
-) -> jax.Array:
+def nnclr_loss(p_a: jax.Array, p_b: jax.Array, nn_a: jax.Array, nn_b: jax.Array, temperature: float = 0.15, *,
+               axis_name: str | None = None) -> jax.Array:
     """MAE-CT's NNCLR loss ½ [CE(nn_b p̂_aᵀ/τ, I) + CE(nn_a p̂_bᵀ/τ, I)]: `soft_nnclr_loss` with Y = I.
 
     Same inputs, outputs and sharding behaviour as `soft_nnclr_loss` (no targets argument).

@@ -27,16 +27,9 @@ def _check(z: jax.Array, queue: jax.Array, queue_ids: jax.Array, sample_ids: jax
         raise ValueError(f"nearest_neighbour: top_k must be in [1, K={queue.shape[0]}], got top_k={top_k}")
 
 
-def nearest_neighbour_with_index(
-    z: jax.Array,
-    queue: jax.Array,
-    queue_ids: jax.Array,
-    sample_ids: jax.Array,
-    *,
-    top_k: int = 1,
-    key: jax.Array | None = None,
-    first_index: int | jax.Array = 0,
-) -> tuple[jax.Array, jax.Array]:
+def nearest_neighbour_with_index(z: jax.Array, queue: jax.Array, queue_ids: jax.Array, sample_ids: jax.Array, *,
+                                 top_k: int = 1, key: jax.Array | None = None,
+                                 first_index: int | jax.Array = 0) -> tuple[jax.Array, jax.Array]:
     """Like `nearest_neighbour`, also returning the chosen queue rows' indices [B] int32 (e.g. to look up labels)."""
     _check(z, queue, queue_ids, sample_ids, top_k)
     if top_k > 1 and key is None:
@@ -57,16 +50,8 @@ def nearest_neighbour_with_index(
     return jnp.take(q, index, axis=0), index
 
 
-def nearest_neighbour(
-    z: jax.Array,
-    queue: jax.Array,
-    queue_ids: jax.Array,
-    sample_ids: jax.Array,
-    *,
-    top_k: int = 1,
-    key: jax.Array | None = None,
-    first_index: int | jax.Array = 0,
-) -> jax.Array:
+def nearest_neighbour(z: jax.Array, queue: jax.Array, queue_ids: jax.Array, sample_ids: jax.Array, *, top_k: int = 1,
+                      key: jax.Array | None = None, first_index: int | jax.Array = 0) -> jax.Array:
     """NN(ẑ, Q): the queue row [B, D] most similar (cosine) to each row of z, excluding rows with the sample's own id.
 
     z [B, D] float (normalised here); queue [K, D] unit rows; queue_ids [K] int (−1 = empty); sample_ids [B] int.
