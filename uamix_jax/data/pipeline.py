@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
+from uamix_jax.audio.fbank import FRAME_LENGTH, SAMPLE_RATE
 from uamix_jax.audio.io import AudioLoadError, load_audio
 from uamix_jax.data.bad_audio import BadAudioLog
 from uamix_jax.data.manifest import Manifest
@@ -139,7 +140,8 @@ class _BatchBuilder:
                  on_bad_audio: str, multi_hot: bool = False):
         self.source, self.plan, self.clip_samples, self.sample_rate = source, plan, clip_samples, sample_rate
         self.train, self.on_bad_audio, self.multi_hot = train, on_bad_audio, multi_hot
-        self.min_samples = math.ceil(0.025 * sample_rate)  # one 25 ms fbank frame; shorter clips give no features
+        # one 25 ms fbank frame; shorter clips give no features
+        self.min_samples = math.ceil(FRAME_LENGTH * sample_rate / SAMPLE_RATE)
         self._orders: dict[int, np.ndarray] = {}
         self._known_bad: dict[int, str] = {}
 
@@ -331,7 +333,7 @@ def bad_audio_log_path(path: str | os.PathLike, process_index: int, process_coun
 def make_pipeline(source_or_manifest: Manifest | AudioSource, *, batch_size: int, clip_samples: int, seed: int,
                   train: bool, process_index: int = 0, process_count: int = 1, worker_count: int = 0,
                   num_epochs: int | None = None, on_bad_audio: str = "skip",
-                  bad_audio_log: str | os.PathLike | BadAudioLog | None = None, sample_rate: int = 16000,
+                  bad_audio_log: str | os.PathLike | BadAudioLog | None = None, sample_rate: int = SAMPLE_RATE,
                   drop_remainder: bool = True, prefetch: int = 2, read_threads: int = 1,
                   multi_hot: bool | None = None) -> Pipeline:
     """A grain iterator of per-process batches: dicts of numpy arrays with fixed shapes,
