@@ -45,6 +45,7 @@ setup(
             "tensorboard>=2.16",  # its EventAccumulator reads back the trainer's event files in the tests
             "papermill>=2.6",  # runs the Colab notebook top to bottom in the tests
             "ipykernel>=6.29",
+            "mido>=1.3",  # benchmarks/offline_audio.py writes the MIDI it renders with fluidsynth (and its tests)
         ],
     },
 )
