@@ -27,6 +27,7 @@ setup(
         "matplotlib>=3.8",
         "scikit-learn>=1.4",  # mAP, t-SNE
         "tensorboardX>=2.6",  # TensorBoard event files
+        "mido>=1.3",  # benchmarks/offline_audio.py writes the MIDI that fluidsynth renders
     ],
     extras_require={
         # Reading AudioMAE's .pth files. `pip install torch==2.13.0` first to take a CPU build.
@@ -45,7 +46,6 @@ setup(
             "tensorboard>=2.16",  # its EventAccumulator reads back the trainer's event files in the tests
             "papermill>=2.6",  # runs the Colab notebook top to bottom in the tests
             "ipykernel>=6.29",
-            "mido>=1.3",  # benchmarks/offline_audio.py writes the MIDI it renders with fluidsynth (and its tests)
         ],
     },
 )
