@@ -18,7 +18,6 @@ tokens, the head; backward as 2x forward (weight and input gradients), except th
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -31,8 +30,8 @@ except ImportError:  # a source checkout without `pip install -e .`
 
 import jax  # noqa: E402
 
-from cpu_malloc import is_tuned, reexec_with_malloc_tuning  # noqa: E402  (benchmarks/)
-from train_step import best_of, block_flops, dot_rate  # noqa: E402  (benchmarks/)
+from cpu_malloc import is_tuned  # noqa: E402  (benchmarks/)
+from train_step import best_of, block_flops, dot_rate, step_benchmark_args  # noqa: E402  (benchmarks/)
 from uamix_jax.models.masking import kept_counts  # noqa: E402
 from uamix_jax.models.vit import VIT_SIZES  # noqa: E402
 
@@ -141,18 +140,10 @@ def torch_step(size: str, batch: int, threads: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="base")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--malloc-tuning", action="store_true", help="re-run with benchmarks/cpu_malloc.py's settings")
-    args = parser.parse_args(argv)
-    if args.malloc_tuning:
-        reexec_with_malloc_tuning(__file__, argv or sys.argv[1:])
+    args = step_benchmark_args(__doc__, __file__, argv, batch=4, repeats=3)
     threads, b = os.cpu_count() or 1, args.batch
     if b % 2:
-        parser.error("--batch must be even (mixup groups of 2)")
+        sys.exit("finetune_step.py: error: --batch must be even (mixup groups of 2)")
 
     peak_before = dot_rate(b)
     run, encoder = jax_step(args.size, b)

@@ -18,7 +18,6 @@ blocks on 1 + n_keep tokens, decoder_embed, the decoder blocks on 1 + N tokens, 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -36,8 +35,8 @@ from uamix_jax.models.mae import num_keep  # noqa: E402
 from uamix_jax.train.pretrain import build_mae, create_state, make_pretrain_step, pretrain_options  # noqa: E402
 from uamix_jax.train.step import data_mesh, global_batch, replicate, shard_train_step  # noqa: E402
 
-from cpu_malloc import is_tuned, reexec_with_malloc_tuning  # noqa: E402  (benchmarks/)
-from train_step import best_of, block_flops, dot_rate  # noqa: E402  (benchmarks/)
+from cpu_malloc import is_tuned  # noqa: E402  (benchmarks/)
+from train_step import best_of, block_flops, dot_rate, step_benchmark_args  # noqa: E402  (benchmarks/)
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "pretrain_mae.py")
 
@@ -108,15 +107,7 @@ def torch_step(encoder, decoder, batch: int, threads: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="base")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--malloc-tuning", action="store_true", help="re-run with benchmarks/cpu_malloc.py's settings")
-    args = parser.parse_args(argv)
-    if args.malloc_tuning:
-        reexec_with_malloc_tuning(__file__, argv or sys.argv[1:])
+    args = step_benchmark_args(__doc__, __file__, argv, batch=2, repeats=2)
     threads = os.cpu_count() or 1
     b = args.batch
 

@@ -26,6 +26,7 @@ import copy
 import os
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -192,17 +193,27 @@ def dot_rate(batch: int) -> float:
     return 2 * n * 768 * 3072 / best_of(lambda: jax.block_until_ready(dot(lhs, rhs)), 5)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_benchmark_args(doc: str, script: str, argv: list[str] | None, *, batch: int, repeats: int,
+                        add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The flags every step benchmark takes (--size, --batch, --repeats, --no-torch, --malloc-tuning, plus `add`'s);
+    with --malloc-tuning the process re-executes `script` under cpu_malloc.py's settings first."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--size", default="base")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--stages", default="1,2")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--malloc-tuning", action="store_true", help="re-run with benchmarks/cpu_malloc.py's settings")
+    if add is not None:
+        add(parser)
     args = parser.parse_args(argv)
     if args.malloc_tuning:
-        reexec_with_malloc_tuning(__file__, argv or sys.argv[1:])
+        reexec_with_malloc_tuning(script, argv or sys.argv[1:])
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = step_benchmark_args(__doc__, __file__, argv, batch=4, repeats=3,
+                               add=lambda p: p.add_argument("--stages", default="1,2"))
     threads = os.cpu_count() or 1
     b = args.batch
 
