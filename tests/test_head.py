@@ -1,4 +1,4 @@
-"""The NNCLR head against PyTorch modules built from MAE-CT's description (SPEC.md "Head")."""
+"""The NNCLR head against PyTorch modules built from MAE-CT's description (docs/method.md, "The NNCLR head")."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +19,7 @@ def _highest_precision():
 
 
 def torch_head(d_in, hidden, out, pred_hidden):
-    """MAE-CT's `create_projector` / `create_predictor` (reference/mae_ct_nnclr.md §1), in PyTorch."""
+    """MAE-CT's `create_projector` / `create_predictor` (docs/method.md, "The NNCLR head"), in PyTorch."""
     nn = torch.nn
     projector = nn.Sequential(
         nn.Linear(d_in, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),

@@ -7,7 +7,7 @@ import pytest
 from uamix_jax.objectives.losses import nnclr_loss, soft_nnclr_loss, soft_targets
 
 
-# ---- numpy oracle, written from the equations (SPEC.md "Loss", the paper's Eq. 3-4) -------------------------------
+# ---- numpy oracle, written from the equations (docs/method.md "The NNCLR losses"; Eq. 3-4) ---------------------------
 def np_normalize(x):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 

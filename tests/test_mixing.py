@@ -56,7 +56,7 @@ def test_mixup_lambda_is_beta():
 
 
 def np_simulated_kept_fraction(rng, n, alpha, width, length=T, height=None):
-    """The kept fraction λ' of SPEC.md's box from numpy: width T·√(1−λ) (or T·(1−λ)), start ~ U{0..T−1}, clipped."""
+    """The kept fraction λ' of the T-CutMix box (docs/method.md) from numpy: width T·√(1−λ) (or T·(1−λ)), start ~ U{0..T−1}, clipped."""
     lam = rng.beta(alpha, alpha, size=n)
     cut = np.sqrt(1.0 - lam) if width == "sqrt" else 1.0 - lam
 
@@ -76,7 +76,7 @@ def test_t_cutmix_kept_fraction_follows_the_box_rule(width):
     want = np_simulated_kept_fraction(np.random.default_rng(0), 20000, 1.0, width)
     # Compared as integer cut lengths: float32 λ' sits a rounding error off numpy's float64 atoms.
     assert stats.ks_2samp(np.round((1 - lam) * T), np.round((1 - want) * T)).pvalue > 0.01
-    # Closed form for a continuous box at α = 1 (SPEC.md): E[cut] = 5/12 for 'sqrt', 1/3 for 'linear'.
+    # Closed form for a continuous box at α = 1 (docs/method.md, "T-CutMix"): E[cut] = 5/12 for 'sqrt', 1/3 for 'linear'.
     assert 1.0 - lam.mean() == pytest.approx(5 / 12 if width == "sqrt" else 1 / 3, abs=0.02)
 
 

@@ -8,7 +8,7 @@ from uamix_jax.models.posemb import audiomae_grid_table, positional_table, sinco
 
 
 def reference_table(width: int, n_time: int, n_freq: int = 8) -> np.ndarray:
-    """Row by row from reference/audiomae.md §1: row 1 + n codes (n mod n_time) in its first half and
+    """Row by row from AudioMAE's construction (docs/method.md): row 1 + n codes (n mod n_time) in its first half and
     (n div n_time) in its second; each half is [sin(p ω_k)]_k ++ [cos(p ω_k)]_k, ω_k = 10000^(-k/(width/4))."""
     quarter = width // 4
     rows = [np.zeros(width)]

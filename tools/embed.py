@@ -5,7 +5,7 @@
 
 Writes an .npz with `embeddings` float32 [M, D] (one row per file that could be read, in sorted path order),
 `paths` [M] (relative to --audio), `failed` (files that could not be read), `encoder` and `policy` (JSON strings).
-The input policy is the few-shot one (SPEC.md, Evaluation): AudioSet statistics, the centre T frames by default, or
+The input policy is the few-shot one (docs/method.md, "Few-shot evaluation"): AudioSet statistics, the centre T frames by default, or
 with --crop windows the mean embedding of consecutive T-frame windows. Exit status 2 on a bad argument or path.
 """
 from __future__ import annotations

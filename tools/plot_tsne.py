@@ -5,8 +5,8 @@
         --audio /data/ESC-50-folders --classes dog,rain,crying_baby --out tsne.png
 
 --audio is a folder-per-class layout (`<class>/<clip>.wav`); --classes keeps those classes (default: all, at most
---max-classes). Embeddings use the few-shot input policy (AudioSet statistics, the centre T frames; SPEC.md,
-Evaluation); t-SNE is scikit-learn's (2-D, PCA initialisation, seeded), run on each encoder's L2-normalised
+--max-classes). Embeddings use the few-shot input policy (AudioSet statistics, the centre T frames;
+docs/method.md, "Few-shot evaluation"); t-SNE is scikit-learn's (2-D, PCA initialisation, seeded), run on each encoder's L2-normalised
 embeddings separately, since each encoder has its own space. Exit status 2 on a bad argument or path.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """AudioMAE's masked-autoencoder pieces: patchify, unstructured random masking and the plain decoder (decoder_mode=0).
 
-Pretraining (AudioMAE's `MaskedAutoencoderViT.forward`, reference/audiomae.md "Pretraining"):
+Pretraining (AudioMAE's `MaskedAutoencoderViT.forward`, docs/method.md, "MAE pretraining"):
 
     target   = patchify(x)                                [B, N, p²]    x: normalised fbank [B, T, F]
     keep     = first int(N (1 − r)) of argsort(noise)     [B, n_keep]   noise ~ U(0, 1)^N per clip, r = 0.8

@@ -1,7 +1,7 @@
 """AudioMAE's fixed 2-D sin-cos positional tables, for any input length.
 
 AudioMAE builds its table with `get_2d_sincos_pos_embed_flexible(D, patch_hw)` where `patch_hw` is the *swapped*
-grid (F/16, T/16) = (8, 64) for a (1024, 128) input (reference/audiomae.md §1). Its meshgrid puts the second grid
+grid (F/16, T/16) = (8, 64) for a (1024, 128) input (docs/method.md, "Positional tables"). Its meshgrid puts the second grid
 axis first, so row n of the (cls-less) table encodes
 
     first D/2 dims:  n mod (T/16)      second D/2 dims:  n div (T/16)
@@ -9,7 +9,7 @@ axis first, so row n of the (cls-less) table encodes
 while the token n of the patch grid sits at time t = n div 8, frequency f = n mod 8. The code is bijective but not
 aligned with (time, frequency); the checkpoints were trained with it, so we reproduce it rather than "fix" it.
 
-Two policies for inputs other than the pretraining length (SPEC.md, Encoder):
+Two policies for inputs other than the pretraining length (docs/method.md, "Positional tables"):
 - ``'audiomae'``: the table built on the (F/16, T/16) grid, as AudioMAE's fine-tuning does for shorter inputs
   (its `interpolate_pos_embed_audio` crops the (8, 64) grid to (8, T/16), which gives the same table);
 - ``'prefix'``: the first 1 + (F/16)(T/16) rows of the pretraining-length table, so every token keeps the code it

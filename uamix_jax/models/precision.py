@@ -1,7 +1,7 @@
 """The names of the compute dtypes and matmul precisions that configs may use (`config.dtype`, `config.precision`).
 
 Compute dtype: activations and matmul inputs of the encoder and head; parameters, optimizer state, BatchNorm
-statistics, softmax and losses stay float32 whatever it is (SPEC.md "Precision"). float16 is left out: it would need
+statistics, softmax and losses stay float32 whatever it is (docs/method.md, "Precision"). float16 is left out: it would need
 loss scaling, which nothing here does.
 
 Matmul precision: the `jax.default_matmul_precision` value the loops trace under. 'default' lets the backend choose

@@ -10,7 +10,7 @@ integer box, so it equals the fraction of unmasked entries of M exactly (up to f
 
 `mix_groups` mixes a batch of several groups; group g's key is fold_in(key, first_group_index + g), so a device
 holding groups first_group_index, first_group_index + 1, ... mixes exactly as one device holding the whole global
-batch would (SPEC.md, device-count invariance).
+batch would (docs/method.md, "Device-count invariance").
 """
 from __future__ import annotations
 
