@@ -7,20 +7,21 @@
     python -m uamix_jax.main --config=configs/linear_probe.py:demo --workdir=/tmp/lp_demo
 
 ENC: anything `load_encoder` reads; '' probes a random init of model.size. The encoder stays frozen: its clip
-embeddings (fine-tuning's pooling: the checkpoint's own) are computed once and cached in W/embeddings/ (reused while
-encoder and inputs are unchanged, as by the few-shot command), then a BatchNorm without affine + linear layer is
-trained on them with AdamW (MAE's linear probe uses LARS, made for batch 16,384; see
-`uamix_jax.evaluation.linear_probe.train_probe`). Output: W/linear_probe/<dataset>.json (value = last epoch, best,
-best_epoch; folds: per_fold, std).
+embeddings (the checkpoint's own pooling) are computed once and cached in W/embeddings/ (reused while encoder and
+inputs are unchanged, as by the few-shot command), then a BatchNorm without affine + linear layer is trained on them
+with AdamW (MAE's linear probe uses LARS, made for batch 16,384; see `uamix_jax.evaluation.linear_probe.train_probe`).
+Output: W/linear_probe/<dataset>.json (value = last epoch, best, best_epoch; folds: per_fold, std).
 
 Presets give each dataset fine-tuning's input policy (configs/finetune.py: T, statistics, splits, metric) with the
-positional table of frozen use ('prefix', SPEC.md): audioset20k (T = 1024, AudioSet stats, balanced_train → eval,
-mAP), esc50 (T = 512, ESC-50 stats, 5 folds), speechcommands (T = 128, SpeechCommands stats, train → test),
+positional table of frozen use ('prefix', docs/method.md): audioset20k (T = 1024, AudioSet stats, balanced_train →
+eval, mAP), esc50 (T = 512, ESC-50 stats, 5 folds), speechcommands (T = 128, SpeechCommands stats, train → test),
 voxceleb1 (T = 1024 windows of up to 60 s, mean embedding, AudioSet stats), demo (the 'test' ViT on the synthetic
 folder set in W/data, T = 128, 80/20 split). Probe: MAE's 90 epochs with 10 of warmup, AdamW at base_lr 1e-3
-(lr = base_lr · batch / 256), batch 256 (MAE: 16,384, for ImageNet's 1.28M images; these sets have 2k-85k clips).
+(peak = base_lr · batch / 256), batch 256 (MAE: 16,384, for ImageNet's 1.28M images; these sets have 2k-85k clips).
 """
 import ml_collections
+
+from uamix_jax.config_base import add_training, base_config
 
 PRESETS = ("audioset20k", "esc50", "speechcommands", "voxceleb1", "demo")
 
@@ -28,53 +29,33 @@ PRESETS = ("audioset20k", "esc50", "speechcommands", "voxceleb1", "demo")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg and arg not in PRESETS:
         raise ValueError(f"configs/linear_probe.py: unknown preset {arg!r}; choose one of {PRESETS} or none")
-    c = ml_collections.ConfigDict()
-    c.task = "linear_probe"
-    c.init_from = ""
-    c.seed = 0
-    c.dtype = "float32"
+    c = base_config("linear_probe")
     c.folds = ""  # 'all' or '1,2': cross-validation over the dataset's folds
-    c.multilabel = False  # BCE + mAP on multi-hot targets; else CE + top-1 accuracy
-
-    c.model = ml_collections.ConfigDict(dict(size="base", target_length=1024, posemb="prefix"))
-
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "folder"
-    c.data.root = ""
-    c.data.tfds_name = ""
-    c.data.train_split = ""  # '' = every clip outside the test split
-    c.data.test_split = "test"  # absent from the dataset: a seeded stratified 80/20 split
-    c.data.stats = "audioset"
-    c.data.synthetic = False  # demo: synthesise the demo's folder set in W/data when data.root is empty
-    c.data.label = ""  # the dataset's name in output files ("": data.name, or the folder's name)
-
-    c.crop = "centre"  # or "windows": mean embedding of consecutive target_length windows (long clips)
-    c.clip_seconds = 10.0  # at most this much audio per clip
-    c.batch_size = 32  # embedding batch
-    c.worker_count = 2
-    c.progress = True
-
-    c.probe = ml_collections.ConfigDict(dict(epochs=90, batch_size=256, base_lr=1e-3, warmup_epochs=10.0))
+    c.data.update(name="folder", train_split="",  # '' = every clip outside the test split
+                  test_split="test",  # absent from the dataset: a seeded stratified 80/20 split
+                  clip_seconds=10.0, worker_count=2)
+    c.probe = ml_collections.ConfigDict(dict(multilabel=False))  # BCE + mAP on multi-hot targets; else CE + top-1
+    add_training(c)  # the probe's optimizer and batches; eval.batch_size is the embedding batch
+    c.optim.update(base_lr=1e-3, schedule="audiomae", warmup_fraction=10 / 90, b2=0.999, weight_decay=0.0)
+    c.train.update(epochs=90, global_batch=256)
 
     if arg == "audioset20k":
-        c.multilabel = True
+        c.probe.multilabel = True
         c.data.update(name="audioset", train_split="balanced_train", test_split="eval")
     elif arg == "esc50":
         c.folds = "all"
         c.model.target_length = 512
-        c.data.update(name="esc50", test_split="", stats="esc50")
-        c.clip_seconds = 5.0
+        c.data.update(name="esc50", test_split="", stats="esc50", clip_seconds=5.0)
     elif arg == "speechcommands":
         c.model.target_length = 128
-        c.data.update(name="speechcommands", train_split="train", test_split="test", stats="speechcommands")
-        c.clip_seconds = 1.0
+        c.data.update(name="speechcommands", train_split="train", test_split="test", stats="speechcommands",
+                      clip_seconds=1.0)
     elif arg == "voxceleb1":
-        c.data.update(name="voxceleb1", train_split="train", test_split="test")
-        c.crop, c.clip_seconds, c.batch_size = "windows", 60.0, 8
+        c.data.update(name="voxceleb1", train_split="train", test_split="test", crop="windows", clip_seconds=60.0)
+        c.eval.batch_size = 8
     elif arg == "demo":
         c.model.update(size="test", target_length=128)
-        c.data.update(synthetic=True, test_split="", label="demo")
-        c.clip_seconds = 2.0
-        c.worker_count = 0
-        c.probe.update(epochs=30, batch_size=32, base_lr=0.08, warmup_epochs=3.0)
+        c.data.update(synthetic=True, test_split="", label="demo", clip_seconds=2.0, worker_count=0)
+        c.optim.update(base_lr=0.08, warmup_fraction=3 / 30)
+        c.train.update(epochs=30, global_batch=32)
     return c

@@ -1,4 +1,4 @@
-"""uaMix-MAE stage 1: train the NNCLR head on a frozen AudioMAE encoder (SPEC.md "Progressive retraining").
+"""uaMix-MAE stage 1: train the NNCLR head on a frozen AudioMAE encoder (docs/method.md, "Progressive retraining").
 
     python tools/convert_audiomae.py --input pretrained.pth --output ckpt/audiomae
     python -m uamix_jax.main --config=configs/stage1.py --workdir=W1 \
@@ -6,17 +6,15 @@
 
 Laptop demo (synthesised data, tiny ViT): python -m uamix_jax.main --config=configs/stage1.py:demo --workdir=/tmp/d1
 """
-from uamix_jax.train.config_base import apply_demo, base_config
+from uamix_jax.config_base import apply_tuning_demo, tuning_config
 
 
 def get_config(arg: str | None = None):
-    c = base_config()
-    c.stage = 1
-    c.train.epochs = 40
-    c.train.global_batch = 512
+    c = tuning_config(stage=1)
+    c.train.update(epochs=40, global_batch=512)
     c.nnclr.update(temperature=0.15, top_k=1, ema_momentum=0.0)  # the paper's τ and k; no EMA projector
     if arg == "demo":
-        apply_demo(c)
+        apply_tuning_demo(c)
         c.train.epochs = 40
     elif arg:
         raise ValueError(f"configs/stage1.py: unknown variant {arg!r} (use ':demo' or nothing)")

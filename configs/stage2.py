@@ -1,23 +1,21 @@
-"""uaMix-MAE stage 2: contrastive tuning of blocks L/2..L-1, the final norm and the head (SPEC.md).
+"""uaMix-MAE stage 2: contrastive tuning of blocks L/2..L-1, the final norm and the head (docs/method.md).
 
     python -m uamix_jax.main --config=configs/stage2.py --workdir=W2 \
         --config.init_from=W1 --config.data.root=/data/audioset
 
-Laptop demo, stage 1 then stage 2 then few-shot, on synthesised data with a tiny ViT:
+Laptop demo, stage 1 then stage 2 then few-shot on classes the tuning never sees, with a tiny ViT:
     python -m uamix_jax.main --config=configs/stage2.py:demo --workdir=/tmp/uamix_demo
 """
-from uamix_jax.train.config_base import apply_demo, base_config
+from uamix_jax.config_base import apply_tuning_demo, tuning_config
 
 
 def get_config(arg: str | None = None):
-    c = base_config()
-    c.stage = 2
-    c.train.epochs = 160
-    c.train.global_batch = 128
+    c = tuning_config(stage=2)
+    c.train.update(epochs=160, global_batch=128)
     # MAE-CT's contrastive-tuning values, which the paper adopts for its "other hyperparameters"
     c.nnclr.update(temperature=0.15, top_k=20, ema_momentum=0.99)
     if arg == "demo":
-        apply_demo(c)
+        apply_tuning_demo(c)
         c.train.epochs = 80
     elif arg:
         raise ValueError(f"configs/stage2.py: unknown variant {arg!r} (use ':demo' or nothing)")
