@@ -313,7 +313,7 @@ def midi_file(path: str, clips: Sequence[dict]) -> float:
     return len(clips) * SLOT_MS / 1000
 
 
-def _say(cmd: list[str], out: str) -> np.ndarray:
+def _synthesise_speech(cmd: list[str], out: str) -> np.ndarray:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return sf.read(out, dtype="float64")
 
@@ -328,7 +328,7 @@ def _render_speech(spec: dict, tmp: str) -> tuple[np.ndarray, int]:
         if spec["pitch"] != 50:
             cmd += ["--setf", f"int_f0_target_mean={60 + 2 * spec['pitch']:.0f}"]
         cmd += ["-t", spec["text"], "-o", out]
-    return _say(cmd, out)
+    return _synthesise_speech(cmd, out)
 
 
 def _render_midi(specs: Sequence[dict], tmp: str) -> list[tuple[np.ndarray, int]]:

@@ -73,10 +73,9 @@ import numpy as np  # noqa: E402
 
 from uamix_jax.audio.features import resolve_stats  # noqa: E402
 from uamix_jax.data.layouts import read_dataset  # noqa: E402
-from uamix_jax.data.manifest import Manifest  # noqa: E402
-from uamix_jax.evaluation.embed import InputPolicy, cached_embeddings, params_fingerprint  # noqa: E402
-from uamix_jax.evaluation.encoders import load_encoder  # noqa: E402
-from uamix_jax.evaluation.fewshot import evaluate_fewshot  # noqa: E402
+from uamix_jax.evaluation.embed import InputPolicy  # noqa: E402
+from uamix_jax.evaluation.encoders import LoadedEncoder, load_encoder  # noqa: E402
+from uamix_jax.evaluation.fewshot_driver import Embedder, encoder_embedder, score_fewshot  # noqa: E402
 from uamix_jax.interop.workdir import finished_steps, read_workdir_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,7 +187,7 @@ def _checkpoint_every(steps: int) -> int:
 def mae_stage(out: str, budget: Budget, corpus: str) -> Stage:
     overrides: dict[str, Any] = {
         "data.name": "unlabelled", "data.root": corpus, "train.total_steps": budget.mae_steps,
-        "train.global_batch": budget.mae_batch, "train.progress": True,
+        "train.global_batch": budget.mae_batch, "progress": True,
         "train.checkpoint_every": _checkpoint_every(budget.mae_steps),
         "train.log_every": max(min(50, budget.mae_steps), 1)}
     return Stage("MAE pretraining", os.path.join(CONFIGS, "pretrain_mae.py") + f":{budget.mae_preset}", overrides,
@@ -211,7 +210,7 @@ def tune_stage(out: str, budget: Budget, corpus: str, mae: dict[str, Any], stage
         "nnclr.queue_size": budget.queue_size, "mix.group": mix_group(budget.batch),
         "optim.lr": budget.stage1_lr if stage == 1 else budget.stage2_lr,
         "train.total_steps": steps, "train.global_batch": budget.batch, "train.log_every": max(min(10, steps), 1),
-        "train.checkpoint_every": _checkpoint_every(steps), "train.progress": True,
+        "train.checkpoint_every": _checkpoint_every(steps), "progress": True,
         **VARIANTS[variant][1]}
     if stage == 2:
         overrides["nnclr.top_k"] = budget.top_k
@@ -253,41 +252,44 @@ class LogMelStats(nn.Module):
 IDENTITY_STATS = (0.0, 0.5)  # (x − 0) / (2 · 0.5) = x: the policy hands LogMelStats the raw fbank
 
 
-def embed_set(manifest: Manifest, encoder_path: str | None, *, target_length: int, stats: Any, cache_dir: str,
-              progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings [M, D], valid [M]) of an eval set: log-mel (encoder_path None) or a workdir's encoder."""
+def embedder(name: str, encoder_path: str | None, *, target_length: int, stats: Any, cache_dir: str,
+             progress: bool) -> Embedder:
+    """The few-shot driver's embedder of the log-mel baseline (encoder_path None) or a workdir's encoder."""
     if encoder_path is None:
-        encoder, variables = LogMelStats(target_length, resolve_stats(stats)), {}
+        loaded = LoadedEncoder(LogMelStats(target_length, resolve_stats(stats)), {}, "log-mel")
         policy_stats: Any = IDENTITY_STATS
     else:
         encoder, variables = load_encoder(encoder_path, target_length=target_length)
-        policy_stats = stats
+        loaded, policy_stats = LoadedEncoder(encoder, variables, encoder_path), stats
     policy = InputPolicy(target_length=target_length, stats=policy_stats, crop="centre")  # the clip's centre T frames
-    emb, valid, _, _ = cached_embeddings(manifest, encoder, variables, policy=policy, cache_dir=cache_dir,
-                                         batch_size=64, worker_count=0, progress=progress,
-                                         params_hash=params_fingerprint(variables) if variables else "log-mel")
-    return emb, valid
+    return encoder_embedder(name, loaded, policy, cache_dir=cache_dir, batch_size=64, progress=progress)
 
 
 def fewshot_rows(encoders: dict[str, str | None], eval_sets: dict[str, str], *, target_length: int, stats: Any,
                  cache_dir: str, episodes: int, progress: bool) -> list[dict[str, Any]]:
-    """A row per (encoder, eval set, setting): 5-way 1- and 5-shot accuracy (%) ± 95 % CI over `episodes`."""
+    """A row per (encoder, eval set, setting): 5-way 1- and 5-shot accuracy (%) ± 95 % CI over `episodes`, every
+    encoder scored on the same episodes (`score_fewshot`)."""
     rows = []
     for set_name, root in eval_sets.items():
         manifest = read_dataset("folder", root)
-        for name, path in encoders.items():
-            emb, valid = embed_set(manifest, path, target_length=target_length, stats=stats, cache_dir=cache_dir,
-                                   progress=progress)
-            labels = np.where(valid, manifest.labels, -1).astype(np.int32)
+        embedders = [embedder(name, path, target_length=target_length, stats=stats, cache_dir=cache_dir,
+                              progress=progress) for name, path in encoders.items()]
+        spread: dict[str, float] = {}
+
+        def note(e: Embedder, emb: np.ndarray, valid: np.ndarray) -> None:
             unit = emb[valid] / np.maximum(np.linalg.norm(emb[valid], axis=1, keepdims=True), 1e-12)
-            spread = float(np.linalg.norm(unit.mean(axis=0)))  # 1: every clip embeds alike (collapse); ~0: spread
-            for ways, shots in SETTINGS:
-                r = evaluate_fewshot(emb, labels, ways=ways, shots=shots, queries=QUERIES, episodes=episodes, seed=0)
-                rows.append({"encoder": name, "eval": set_name, "ways": ways, "shots": shots,
-                             "accuracy_mean": r["accuracy_mean"], "ci95": r["ci95"], "queries_min": r["queries_min"],
-                             "num_classes": r["num_classes"], "num_clips": r["num_clips"],
-                             "mean_unit_norm": spread})
-                _say(f"{name:>22} on {set_name}: {ways}-way {shots}-shot {r['accuracy_mean']:.1f} ± {r['ci95']:.1f} %")
+            spread[e.label] = float(np.linalg.norm(unit.mean(axis=0)))  # 1: every clip embeds alike; ~0: spread
+
+        results = score_fewshot(embedders, manifest, SETTINGS, queries=QUERIES, episodes=episodes, seed=0,
+                                dataset=set_name, on_embedded=note)
+        for res in results:
+            r = res.record
+            rows.append({"encoder": res.label, "eval": set_name, "ways": r["ways"], "shots": r["shots"],
+                         "accuracy_mean": r["accuracy_mean"], "ci95": r["ci95"], "queries_min": r["queries_min"],
+                         "num_classes": r["num_classes"], "num_clips": r["num_clips"],
+                         "mean_unit_norm": spread[res.label], "episodes_sha256": r["episodes_sha256"]})
+            _say(f"{res.label:>22} on {set_name}: {r['ways']}-way {r['shots']}-shot {r['accuracy_mean']:.1f} ± "
+                 f"{r['ci95']:.1f} %")
     return rows
 
 

@@ -23,9 +23,10 @@ import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from tests.train_util import fresh_state, load_config, synthetic_batch  # noqa: E402
-from uamix_jax.train.build import step_options  # noqa: E402
+from uamix_jax.train.tune import tune_options  # noqa: E402
 from uamix_jax.train.optim import trainable_mask  # noqa: E402
-from uamix_jax.train.step import data_mesh, global_batch, make_train_step, replicate, shard_train_step  # noqa: E402
+from uamix_jax.sharding import data_mesh, global_batch, replicate, shard_step  # noqa: E402
+from uamix_jax.train.tune_step import make_tune_step  # noqa: E402
 
 STEPS, GLOBAL_BATCH = 3, 16
 
@@ -34,7 +35,7 @@ config.optim.eps = 1e-3  # see test_sharded_step_equals_single_device_and_traces
 encoder, head, state, labels = fresh_state(config)
 mesh = data_mesh()
 assert jax.device_count() == 4, jax.devices()
-step = shard_train_step(make_train_step(encoder, head, step_options(config), trainable_mask(labels)), mesh)
+step = shard_step(make_tune_step(encoder, head, tune_options(config, config.mix.group), trainable_mask(labels)), mesh)
 state = replicate(state, mesh)
 rows = GLOBAL_BATCH // num_processes
 losses = []

@@ -15,8 +15,9 @@ from tests.train_util import fresh_state, load_config, synthetic_batch
 from uamix_jax.audio.features import audiomae_features
 from uamix_jax.models.vit import AudioMAEEncoder
 from uamix_jax.train import optim
-from uamix_jax.train.build import step_options
-from uamix_jax.train.step import data_mesh, global_batch, make_train_step, replicate, shard_train_step
+from uamix_jax.train.tune import tune_options
+from uamix_jax.sharding import data_mesh, global_batch, replicate, shard_step
+from uamix_jax.train.tune_step import make_tune_step
 
 T = 128  # configs/test.py's target_length
 
@@ -69,7 +70,7 @@ def _one_step(dtype: str):
     state = state.replace(tx=sgd, opt_state=sgd.init(state.params), queue=jnp.asarray(queue))
     mesh = data_mesh()
     with jax.default_matmul_precision("highest"):
-        step = shard_train_step(make_train_step(encoder, head, step_options(config), optim.trainable_mask(labels)),
+        step = shard_step(make_tune_step(encoder, head, tune_options(config, config.mix.group), optim.trainable_mask(labels)),
                                 mesh, donate=False)
         batch = global_batch(synthetic_batch(config.train.global_batch, config.data.clip_seconds, seed=0), mesh)
         new, metrics = step(replicate(state, mesh), batch, jax.random.key(7))

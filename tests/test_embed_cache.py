@@ -10,7 +10,7 @@ import soundfile as sf
 
 from uamix_jax.audio.features import audiomae_features, normalize_fbank, waveform_to_fbank
 from uamix_jax.audio.io import load_audio
-from uamix_jax.data.demo import make_demo_dataset
+from uamix_jax.data.synthetic import make_demo_dataset
 from uamix_jax.data.layouts import read_dataset
 from uamix_jax.evaluation import embed
 from uamix_jax.evaluation.embed import InputPolicy, cached_embeddings, embed_manifest

@@ -6,7 +6,7 @@ import pytest
 
 from uamix_jax.evaluation.episodes import sample_episodes
 from uamix_jax.evaluation.fewshot import (
-    confidence_interval, episode_accuracies, evaluate_episodes, evaluate_fewshot)
+    confidence_interval, episode_accuracies, episodes_hash, evaluate_fewshot, fewshot_record)
 
 
 def _oracle(embeddings, support, query, query_mask):
@@ -100,9 +100,14 @@ def test_ci_is_1_96_std_over_sqrt_episodes():
 
     x, labels = _clustered(10, 20, 16, 1.5, seed=9)
     eps = sample_episodes(labels, ways=5, shots=1, queries=10, episodes=600, seed=2)
-    mean, ci, per_episode = evaluate_episodes(x, eps)
-    assert mean == pytest.approx(100 * per_episode.mean(), rel=1e-12)
-    assert ci == pytest.approx(1.96 * np.std(100 * per_episode) / math.sqrt(600), rel=1e-12)
+    per_episode = episode_accuracies(x, eps.support, eps.query, eps.query_mask)
+    record = fewshot_record(eps, per_episode, seed=2, num_clips=len(labels))
+    assert record["accuracy_mean"] == pytest.approx(100 * per_episode.mean(), rel=1e-12)
+    assert record["ci95"] == pytest.approx(1.96 * np.std(100 * per_episode) / math.sqrt(600), rel=1e-12)
+    assert record["episodes_sha256"] == episodes_hash(eps)
+    again = sample_episodes(labels, ways=5, shots=1, queries=10, episodes=600, seed=2)
+    other = sample_episodes(labels, ways=5, shots=1, queries=10, episodes=600, seed=3)
+    assert episodes_hash(again) == episodes_hash(eps) != episodes_hash(other)
 
 
 def test_result_fields_and_short_classes():

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from uamix_jax.data.demo import make_demo_dataset
+from uamix_jax.data.synthetic import make_demo_dataset
 from uamix_jax.data.layouts import read_dataset
 from uamix_jax.evaluation.embed import InputPolicy, embed_manifest
 from uamix_jax.evaluation.encoders import random_encoder
@@ -45,7 +45,7 @@ def _check_png(path):
 def test_command_writes_json_table_and_sweep_png(tmp_path, data_root):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "uamix_jax.main", "--config=configs/fewshot.py:test", f"--workdir={out}",
-           f"--config.data.root={data_root}", "--config.sweep=True"]
+           f"--config.data.root={data_root}", "--config.fewshot.sweep=True"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stdout = proc.stdout
@@ -113,7 +113,7 @@ def test_bad_configs_are_named(tmp_path, data_root):
 
     config = _config("test")
     config.data.root = data_root
-    config.ways = 7  # not a sweep: an impossible setting is an error, not a skip
+    config.fewshot.ways = 7  # not a sweep: an impossible setting is an error, not a skip
     with pytest.raises(ValueError, match="7-way 1-shot episodes need 7 classes with at least 2 labelled clips"):
         run_fewshot(config, str(tmp_path))
     config = _config("test")
@@ -122,8 +122,8 @@ def test_bad_configs_are_named(tmp_path, data_root):
         run_fewshot(config, str(tmp_path))
     config = _config("test")
     config.data.root = data_root
-    config.crop = "middle"
-    with pytest.raises(ValueError, match=r"crop must be one of \('centre', 'windows'\) \(config.crop\)"):
+    config.data.crop = "middle"
+    with pytest.raises(ValueError, match=r"crop must be one of \('centre', 'windows'\) \(config.data.crop\)"):
         run_fewshot(config, str(tmp_path))
 
 

@@ -17,17 +17,20 @@ from flax import traverse_util
 from tests.train_util import load_config, synthetic_batch
 from uamix_jax.audio.augment import eval_view
 from uamix_jax.audio.features import waveform_to_fbank
-from uamix_jax.data.demo import synthesize_clip
+from uamix_jax.data.synthetic import synthesize_clip
 from uamix_jax.data.layouts import read_dataset
 from uamix_jax.data.manifest import read_manifest_csv
 from uamix_jax.data.pipeline import make_pipeline
 from uamix_jax.evaluation.embed import InputPolicy
 from uamix_jax.evaluation.protocol import evaluation_runs, run_record
 from uamix_jax.train import optim
-from uamix_jax.train.finetune import build_encoder, create_state, finetune, load_pretrained, options_from_config
-from uamix_jax.train.finetune_step import (
-    classification_loss, classifier_head, make_finetune_step, make_logits_fn, waveform_mixup)
-from uamix_jax.train.step import data_mesh, global_batch, replicate, shard_train_step
+from uamix_jax.models.vit import AudioMAEEncoder
+from uamix_jax.schedules import lr_schedule
+from uamix_jax.train.finetune import (
+    finetune, finetune_groups, finetune_init, load_pretrained, make_logits_fn, options_from_config)
+from uamix_jax.train.finetune_step import classification_loss, classifier_head, make_finetune_step, waveform_mixup
+from uamix_jax.train.state import create_state
+from uamix_jax.sharding import data_mesh, global_batch, replicate, shard_step
 
 
 def _flat(tree):
@@ -48,9 +51,11 @@ def _tiny_config(**changes):
 
 
 def _state(config, num_classes=4, total=10, warmup=0):
-    encoder, head = build_encoder(config), classifier_head(num_classes)
-    state, labels, scales, schedule = create_state(config, encoder, head, total, warmup, jax.random.key(0))
-    return encoder, head, state, labels, scales, schedule
+    config.optim.warmup_fraction = warmup / total
+    encoder, head = AudioMAEEncoder.from_config(config.model, dtype=config.dtype), classifier_head(num_classes)
+    groups = finetune_groups(config, encoder.depth)
+    state, labels = create_state(config, finetune_init(encoder, head), groups, total, jax.random.key(0))
+    return encoder, head, state, labels, groups.scales, lr_schedule(config.optim, config.train.global_batch, total)
 
 
 # ----------------------------------------------------------------------------------------- optimizer groups
@@ -167,7 +172,7 @@ def _run_step(config, devices, multilabel=False, n_steps=2):
     encoder, head, state, _, _, _ = _state(config)
     options = options_from_config(config, 4, multi_hot=False)
     mesh = data_mesh(devices)
-    step = shard_train_step(make_finetune_step(encoder, head, options), mesh)
+    step = shard_step(make_finetune_step(encoder, head, options), mesh)
     state = replicate(state, mesh)
     losses = []
     for i in range(n_steps):
@@ -388,7 +393,8 @@ def test_multilabel_manifest_trains_on_multi_hot_with_mixup(tmp_path):
     config.data.update(name="manifest", root=str(tmp_path), train_split="train", test_split="test",
                        clip_seconds=1.0, worker_count=0)
     config.finetune.update(mix_group=2)
-    config.train.update(total_steps=2, global_batch=16, progress=False)
+    config.train.update(total_steps=2, global_batch=16)
+    config.progress = False
     config.eval.update(batch_size=8, clip_seconds=1.0)
     record = finetune(config, str(tmp_path / "w"))
     assert record["metric"] == "map" and 0.0 < record["value"] <= 1.0 and record["test_clips"] == 6
@@ -407,7 +413,7 @@ def test_presets_input_policy(preset, frames, stats, metric):
     assert (ft.task, lp.task) == ("finetune", "linear_probe")
     assert ft.model.target_length == lp.model.target_length == frames
     assert ft.data.stats == lp.data.stats == stats
-    assert metric_name(ft.finetune.multilabel) == metric_name(lp.multilabel) == metric
+    assert metric_name(ft.finetune.multilabel) == metric_name(lp.probe.multilabel) == metric
     assert (ft.model.pooling, ft.model.posemb, ft.model.drop_path) == ("fc_norm", "audiomae", 0.1)
     assert ft.finetune.mixup_prob == (0.5 if preset == "audioset20k" else 0.0)
     if preset == "voxceleb1":  # random 1024-frame crops in training, mean logits over 1024-frame windows at test

@@ -36,11 +36,18 @@ def test_probe_has_no_affine_batchnorm():
     np.testing.assert_allclose(out, ((x - 2.0) / np.sqrt(4.0 + 1e-6)) @ head["kernel"] + head["bias"], rtol=1e-5)
 
 
+def _optim(base_lr, warmup_fraction):
+    """The probe's optim block (configs/linear_probe.py) with another base rate and warmup."""
+    optim = load_config("linear_probe").optim
+    optim.update(base_lr=base_lr, warmup_fraction=warmup_fraction)
+    return optim
+
+
 def test_probe_separates_clusters():
     x, y = _clusters(40, 5, 16, seed=0)
     xt, yt = _clusters(10, 5, 16, seed=0)
-    history = train_probe(x, y, xt, yt, num_classes=5, multilabel=False, epochs=15, batch_size=32, base_lr=0.08,
-                          warmup_epochs=1, seed=0)
+    history = train_probe(x, y, xt, yt, num_classes=5, multilabel=False, epochs=15, batch_size=32,
+                          optim=_optim(0.08, 1 / 15), seed=0)
     assert len(history) == 15 and history[-1]["test/accuracy"] >= 0.9
     assert history[0]["test/accuracy"] < history[-1]["test/accuracy"] or history[0]["test/accuracy"] >= 0.9
 
@@ -51,7 +58,7 @@ def test_probe_multilabel_map():
     x = rng.standard_normal((400, 12)).astype(np.float32)
     y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0, x[:, 3] > 0.5], axis=1)
     history = train_probe(x[:300], y[:300], x[300:], y[300:], num_classes=3, multilabel=True, epochs=20,
-                          batch_size=50, base_lr=0.1, warmup_epochs=1, seed=0)
+                          batch_size=50, optim=_optim(0.1, 1 / 20), seed=0)
     assert history[-1]["test/map"] >= 0.9
 
 
@@ -76,8 +83,9 @@ def test_esc50_folds(tmp_path):
     config = load_config("linear_probe", "esc50")
     config.model.update(size="test", target_length=96)
     config.data.root = root
-    config.update(clip_seconds=1.0, worker_count=0, progress=False)
-    config.probe.update(epochs=3, batch_size=8)
+    config.data.update(clip_seconds=1.0, worker_count=0)
+    config.progress = False
+    config.train.update(epochs=3, global_batch=8)
     record = run_linear_probe(config, str(tmp_path / "w"))
     assert sorted(record["per_fold"]) == [f"fold_{k}" for k in range(1, 6)]
     assert sum(r["test_clips"] for r in record["per_fold"].values()) == 20

@@ -13,7 +13,7 @@ from uamix_jax.interop.torch_io import CheckpointError
 from uamix_jax.models.mae import MAEDecoder, num_keep, patchify, random_masking, unpatchify
 from uamix_jax.models.vit import AudioMAEEncoder, PatchProj
 from uamix_jax.objectives.mae import mae_loss, normalized_patches
-from uamix_jax.train.step import AXIS, data_mesh
+from uamix_jax.sharding import AXIS, data_mesh
 
 T, N = 128, 64  # the tiny test geometry: 8 x 8 patches
 

@@ -3,10 +3,10 @@ import os
 
 import jax
 import ml_collections
-import numpy as np
 import pytest
 
-from uamix_jax.data.demo import make_demo_dataset
+from uamix_jax.config_base import add_periodic_fewshot, add_training
+from uamix_jax.data.synthetic import make_demo_dataset
 from uamix_jax.data.layouts import read_dataset
 from uamix_jax.evaluation.embed import InputPolicy, embed_manifest
 from uamix_jax.evaluation.encoders import random_encoder
@@ -23,10 +23,14 @@ def data_root(tmp_path_factory):
 
 
 def _block(root, **data):
-    """A training config's `fewshot` block, as uamix_jax/train/config_base.py defines it."""
-    return ml_collections.ConfigDict(dict(
-        every=10, ways=5, shots=1, queries=4, episodes=40, seed=3,
-        data=dict(dict(name="folder", root=root, split="", label=""), **data)))
+    """A training config's `fewshot` and `eval` blocks (uamix_jax.config_base.add_periodic_fewshot)."""
+    c = ml_collections.ConfigDict()
+    add_training(c)
+    add_periodic_fewshot(c)
+    c.fewshot.update(every=10, ways=5, shots=1, queries=4, episodes=40, seed=3)
+    c.fewshot.data.update(root=root, **data)
+    c.eval.batch_size = 8
+    return c
 
 
 def _library(root, encoder, variables):
@@ -42,7 +46,7 @@ def test_each_call_equals_the_library_on_that_calls_parameters(data_root):
     encoder, v0 = random_encoder("test", target_length=T, seed=0)
     _, v1 = random_encoder("test", target_length=T, seed=1)
     evaluate = PeriodicFewShot.from_config(_block(data_root), encoder)
-    assert evaluate.key == "fewshot/birds/5way1shot"  # named after the folder, not the layout
+    assert evaluate.key("birds") == "fewshot/birds/5way1shot"  # named after the folder, not the layout
     with jax.default_matmul_precision("highest"):
         first = evaluate(v0["params"], 10)
         second = evaluate(jax.device_get(v1["params"]), 20)  # new parameters: embeddings recomputed, not reused
@@ -62,11 +66,11 @@ def test_label_bad_audio_log_and_config_errors(data_root, tmp_path):
     encoder, _ = random_encoder("test", target_length=T, seed=0)
     labelled = PeriodicFewShot.from_config(_block(data_root, label="esc 50"), encoder,
                                            bad_audio_log=str(tmp_path / "bad_audio.txt"))
-    assert labelled.key == "fewshot/esc_50/5way1shot" and labelled.bad_audio_log.path == str(tmp_path / "bad_audio.txt")
+    assert list(labelled.manifests) == ["esc_50"] and labelled.bad_audio_log.path == str(tmp_path / "bad_audio.txt")
     with pytest.raises(ValueError, match=r"config.fewshot.data.root is empty"):
         PeriodicFewShot.from_config(_block(""), encoder)
     too_many = _block(data_root)
-    too_many.ways = 7  # 6 classes: found when the evaluator is built, not at the first evaluation
+    too_many.fewshot.ways = 7  # 6 classes: found when the evaluator is built, not at the first evaluation
     with pytest.raises(ValueError, match="7-way 1-shot episodes need 7 classes"):
         PeriodicFewShot.from_config(too_many, encoder)
     assert os.path.basename(data_root) == "birds"

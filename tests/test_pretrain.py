@@ -10,8 +10,11 @@ import pytest
 from flax import traverse_util
 
 from tests.train_util import load_config, synthetic_batch
-from uamix_jax.train.pretrain import build_mae, create_state, make_pretrain_step, pretrain_options
-from uamix_jax.train.step import data_mesh, global_batch, replicate, shard_train_step
+from uamix_jax.schedules import peak_lr
+from uamix_jax.train.pretrain import build_mae, pretrain_groups, pretrain_init, pretrain_options
+from uamix_jax.train.pretrain_step import make_pretrain_step
+from uamix_jax.train.state import create_state
+from uamix_jax.sharding import data_mesh, global_batch, replicate, shard_step
 
 
 def _flat(tree):
@@ -20,9 +23,10 @@ def _flat(tree):
 
 def _run(config, n_steps: int, devices=None, n_batches: int = 4):
     encoder, decoder = build_mae(config)
-    state, _ = create_state(config, encoder, decoder, n_steps, jax.random.key(0))
+    state, _ = create_state(config, pretrain_init(encoder, decoder, config.mae.mask_ratio), pretrain_groups(config),
+                            n_steps, jax.random.key(0))
     mesh = data_mesh(devices)
-    step = shard_train_step(make_pretrain_step(encoder, decoder, pretrain_options(config)), mesh)
+    step = shard_step(make_pretrain_step(encoder, decoder, pretrain_options(config)), mesh)
     state = replicate(state, mesh)
     g = config.train.global_batch
     batches = [synthetic_batch(g, config.data.clip_seconds, seed) for seed in range(n_batches)]
@@ -63,7 +67,7 @@ def test_tiny_pretraining_learns_below_the_constant_prediction_floor():
 
 @pytest.fixture(scope="module")
 def pretrained_workdir(tmp_path_factory):
-    from uamix_jax.data.demo import make_demo_dataset
+    from uamix_jax.data.synthetic import make_demo_dataset
     from uamix_jax.train.pretrain import pretrain
 
     base = tmp_path_factory.mktemp("mae")
@@ -85,8 +89,8 @@ def test_pretraining_workdir_records_its_run(pretrained_workdir):
         record = json.load(f)
     assert record["task"] == "pretrain" and record["data"]["name"] == "unlabelled"
     assert record["model"]["size"] == "test" and record["model"]["target_length"] == 128
-    assert record["derived"]["visible_tokens"] == 12 and record["derived"]["num_patches"] == 64
     assert record["derived"]["total_steps"] == 3 and int(state.step) == 3
+    assert record["derived"]["warmup_steps"] == 0 and record["derived"]["peak_lr"] == 2e-3  # round(0.1 · 3) = 0
     rows = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl", encoding="utf-8")]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
 
@@ -95,15 +99,16 @@ def test_pretraining_workdir_records_its_run(pretrained_workdir):
 def test_pretraining_workdir_starts_stage1_and_loads_as_an_encoder(pretrained_workdir):
     from uamix_jax.evaluation.encoders import load_encoder
     from uamix_jax.interop.workdir import restore_state_dict
-    from uamix_jax.train import build
+    from tests.train_util import fresh_state
+    from uamix_jax.train.tune import load_init
 
     workdir, _ = pretrained_workdir
     saved = _flat(restore_state_dict(workdir)["params"]["encoder"])
 
     stage1 = load_config("test", "stage1")
-    encoder, head = build.build_models(stage1)
-    fresh, _, _ = build.create_state(stage1, encoder, head, 10, jax.random.key(3))
-    state = build.load_init(fresh, workdir, stage=1, target_length=128, posemb="prefix")
+    stage1.seed = 3
+    _, _, fresh, _ = fresh_state(stage1)
+    state = load_init(fresh, workdir, stage=1, target_length=128, posemb="prefix")
     got = _flat(state.params["encoder"])
     assert got.keys() == saved.keys()
     for k in saved:
@@ -125,8 +130,9 @@ def test_pretrain_configs():
         assert (c.optim.b1, c.optim.b2, c.optim.weight_decay) == (0.9, 0.95, 1e-4)
         assert c.decoder.width % 4 == 0 and c.decoder.width % c.decoder.num_heads == 0
     base = load_config("pretrain_mae")
-    assert (base.model.size, base.model.target_length, base.train.global_batch, base.optim.lr) == (
-        "base", 1024, 512, 2e-4 * 512 / 256)
+    assert (base.model.size, base.model.target_length, base.train.global_batch) == ("base", 1024, 512)
+    assert peak_lr(base.optim, base.train.global_batch) == 2e-4 * 512 / 256
+    assert (base.augment.gain_min, base.augment.gain_max, base.augment.gain_beta) == (0.5, 1.5, 10.0)
     assert dict(base.decoder) == dict(width=512, depth=8, num_heads=16, mlp_dim=2048)
     assert load_config("pretrain_mae", "demo").data.synthetic
     with pytest.raises(ValueError, match="variant"):

@@ -66,18 +66,6 @@ def test_main_help_and_locked_config():
     assert typo.returncode != 0 and "epochz" in typo.stderr
 
 
-def test_evaluation_imports_nothing_from_train():
-    """Layers import downward only: the evaluation package (few-shot, linear probe, metrics) never loads train/."""
-    modules = sorted(f"uamix_jax.evaluation.{f[:-3]}" for f in os.listdir(os.path.join(ROOT, "uamix_jax", "evaluation"))
-                     if f.endswith(".py") and f != "__init__.py")
-    code = ("import importlib, sys\n"
-            f"for m in {modules!r}: importlib.import_module(m)\n"
-            "print(sorted(m for m in sys.modules if m.startswith('uamix_jax.train')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
-
-
 def test_no_copied_block_inside_the_package():
     """One way to do each thing: the `duplicates` tool (where installed) finds no pair of copied blocks in uamix_jax/."""
     import shutil

@@ -1,6 +1,6 @@
 """benchmarks/replicate.py end to end at its toy size, and its log-mel baseline against a numpy oracle.
 
-The toy run: an unlabelled nested folder and two labelled `folder` sets synthesised here (uamix_jax.data.demo; no
+The toy run: an unlabelled nested folder and two labelled `folder` sets synthesised here (uamix_jax.data.synthetic; no
 Debian package), a 4-block test ViT: MAE pretraining → stage 1 → stage 2 for T-CutMix and No-Mix → few-shot.
 """
 import json
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import replicate  # noqa: E402
 
 from uamix_jax.audio.features import normalize_fbank, waveform_to_fbank  # noqa: E402
-from uamix_jax.data.demo import make_demo_dataset  # noqa: E402
+from uamix_jax.data.synthetic import make_demo_dataset  # noqa: E402
 
 
 def _nest_unlabelled(src: str, dst: str) -> None:

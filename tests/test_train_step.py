@@ -9,9 +9,11 @@ import pytest
 from flax import traverse_util
 
 from tests.train_util import fresh_state, load_config, synthetic_batch
-from uamix_jax.train import build, optim
-from uamix_jax.train.build import step_options
-from uamix_jax.train.step import data_mesh, global_batch, make_train_step, replicate, shard_train_step
+from uamix_jax.sharding import data_mesh, global_batch, replicate, shard_step
+from uamix_jax.train import optim
+from uamix_jax.train.state import create_state
+from uamix_jax.train.tune import build_models, tune_groups, tune_init, tune_options
+from uamix_jax.train.tune_step import make_tune_step
 
 
 def _flat(tree):
@@ -21,7 +23,7 @@ def _flat(tree):
 def _run(config, n_steps: int, devices=None, seed: int = 0):
     encoder, head, state, labels = fresh_state(config)
     mesh = data_mesh(devices)
-    step = shard_train_step(make_train_step(encoder, head, step_options(config), optim.trainable_mask(labels)), mesh)
+    step = shard_step(make_tune_step(encoder, head, tune_options(config, config.mix.group), optim.trainable_mask(labels)), mesh)
     state = replicate(state, mesh)
     start = _flat(state.params)
     key = jax.random.key(7)
@@ -65,7 +67,7 @@ def test_stage2_freezes_lower_half_and_trains_the_rest():
 def test_stage2_layerwise_lr_scales_updates_by_decay_power():
     """First AdamW step with no weight decay: |Δθ| = s·lr₀·|g|/(|g|+ε) ≈ s·lr₀, so max|Δ| per block ∝ 0.65^(L−i)."""
     config = load_config("test", "stage2")
-    config.optim.encoder_weight_decay = 0.0
+    config.optim.weight_decay = 0.0
     config.optim.head_weight_decay = 0.0
     start, state, _ = _run(config, 1)
     end = _flat(state.params)
@@ -84,13 +86,11 @@ def test_stage2_layerwise_lr_scales_updates_by_decay_power():
 def test_vit_base_stage2_trainable_count_matches_paper_tp(capsys):
     """The paper's Table 2 "#TP 50M": blocks 6-11 + final norm + the NNCLR head of ViT-B."""
     config = load_config("stage2")
-    encoder, head = build.build_models(config)
-    x = jax.ShapeDtypeStruct((1, 1024, 128), jnp.float32)
-    enc = jax.eval_shape(encoder.init, jax.random.key(0), x)["params"]
-    hd = jax.eval_shape(head.clone(axis_name=None).init, jax.random.key(0), jax.ShapeDtypeStruct((2, 768), jnp.float32))
-    params = {"encoder": enc, "head": hd["params"]}
-    rules, _ = optim.stage_rules(2, 12, 0.65)
-    labels = optim.label_params(params, rules)
+    encoder, head = build_models(config)
+    state, labels = create_state(config, tune_init(config, encoder, head), tune_groups(config, encoder.depth), 100,
+                                 jax.random.key(0), abstract=True)  # shapes only: nothing of ViT-B is allocated
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state))
+    params = state.params
     n_train = optim.count_params(params, optim.trainable_mask(labels))
     block = 4 * 768 + (768 * 2304 + 2304) + (768 * 768 + 768) + (768 * 3072 + 3072) + (3072 * 768 + 768)
     projector = 768 * 2048 + 2048 * 2048 + 2048 * 256 + 2 * (2048 + 2048 + 256)
@@ -114,8 +114,8 @@ def test_sharded_step_equals_single_device_and_traces_once(n_devices):
         encoder, head, state, labels = fresh_state(config)
         mesh = data_mesh(devices)
         chex.clear_trace_counter()  # the two meshes trace the same source once each
-        per_device = chex.assert_max_traces(make_train_step(encoder, head, step_options(config), optim.trainable_mask(labels)), n=1)
-        step = shard_train_step(per_device, mesh)
+        per_device = chex.assert_max_traces(make_tune_step(encoder, head, tune_options(config, config.mix.group), optim.trainable_mask(labels)), n=1)
+        step = shard_step(per_device, mesh)
         state = replicate(state, mesh)
         losses = []
         for i in range(3):
@@ -141,7 +141,7 @@ def test_mix_group_that_does_not_divide_the_per_device_batch_is_a_clear_error():
     config.mix.group = 3
     encoder, head, state, labels = fresh_state(config)
     mesh = data_mesh(jax.devices()[:4])
-    step = shard_train_step(make_train_step(encoder, head, step_options(config), optim.trainable_mask(labels)), mesh)
+    step = shard_step(make_tune_step(encoder, head, tune_options(config, config.mix.group), optim.trainable_mask(labels)), mesh)
     batch = global_batch(synthetic_batch(16, config.data.clip_seconds, 0), mesh)
     with pytest.raises(ValueError, match="group_size=3"):
         step(replicate(state, mesh), batch, jax.random.key(0))

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from tests.train_util import ROOT
-from uamix_jax.data.demo import synthesize_clip
+from uamix_jax.data.synthetic import synthesize_clip
 
 
 def _tool():

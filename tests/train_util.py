@@ -7,7 +7,9 @@ import os
 import jax
 import numpy as np
 
-from uamix_jax.train import build
+from uamix_jax.train import optim
+from uamix_jax.train.state import create_state
+from uamix_jax.train.tune import build_models, tune_groups, tune_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,6 +38,12 @@ def synthetic_batch(global_batch: int, clip_seconds: float, seed: int, num_class
 
 
 def fresh_state(config, total_steps: int = 10):
-    encoder, head = build.build_models(config)
-    state, labels, schedule = build.create_state(config, encoder, head, total_steps, jax.random.key(config.seed))
+    """(encoder, head, fresh tuning state, optimizer labels) of a tuning config."""
+    encoder, head = build_models(config)
+    state, labels = create_state(config, tune_init(config, encoder, head), tune_groups(config, encoder.depth),
+                                 total_steps, jax.random.key(config.seed))
     return encoder, head, state, labels
+
+
+def trainable(labels):
+    return optim.trainable_mask(labels)

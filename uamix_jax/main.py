@@ -24,8 +24,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # config.task → the function that runs it, called as fn(config, workdir); imported only when chosen.
 TASKS = {
-    "tune": "uamix_jax.train.loop:train_and_evaluate",  # uaMix-MAE contrastive tuning, stage 1 or 2
-    "demo": "uamix_jax.train.demo:run_demo",  # synthetic data, stage 1 → stage 2 → few-shot before/after
+    "tune": "uamix_jax.train.tune:train_and_evaluate",  # uaMix-MAE contrastive tuning, stage 1 or 2
+    "demo": "uamix_jax.train.tuning_demo:run_demo",  # synthetic data, stage 1 → stage 2 → few-shot on unseen classes
     "pretrain": "uamix_jax.train.pretrain:pretrain",  # AudioMAE's masked-autoencoder pretraining
     "finetune": "uamix_jax.train.finetune:finetune",  # AudioMAE's fine-tuning recipe (the paper's Table 4)
     "fewshot": "uamix_jax.evaluation.fewshot_main:run_fewshot",  # N-way K-shot episodes (Table 2, Fig. 3)

@@ -1,9 +1,11 @@
-"""Positive-pair view augmentations on device (SPEC.md "Positive-pair augmentation"), jittable with static shapes.
+"""View augmentations on device (docs/method.md, "Positive-pair augmentation"), jittable with static shapes.
 
 Per view, independently, on a raw Kaldi log-mel fbank [T_in, F] whose frames past `n_valid` are 0.0:
   1. time crop to L = target_length frames: a uniform start in [0, n_valid - L] when n_valid > L, else the first L
      frames (zero padded);
-  2. gain: g ~ U(gain) scales the power spectrum by g², so on the valid frames x ← max(x + 2 ln g, ln ε), except
+  2. gain: g ~ U(lo, hi) (tuning's choice), or g = lo + (hi − lo)·Beta(b, b) with gain_beta = b > 0 (AudioMAE's
+     roll_mag_aug for pretraining and fine-tuning: 0.5 + Beta(10, 10)), scales the power spectrum by g², so on
+     the valid frames x ← max(x + 2 ln g, ln ε), except
      that bins at the energy floor ln ε (ε = float32 eps; digital silence, and mel channel 3 of 128 at 16 kHz, which
      covers no FFT bin) stay at ln ε: their energy is 0 (or unknown below ε), and a gain leaves 0 at the floor;
   3. SpecAugment as AudioMAE: one frequency mask, width ~ U{0..freq_mask}, and one time mask, width
@@ -46,11 +48,12 @@ def _crop_first(fbank: jax.Array, n_valid: jax.Array, target_length: int) -> tup
 
 def augment_view(key: jax.Array, fbank: jax.Array, n_valid_frames: jax.Array, *, target_length: int,
                  gain: tuple[float, float] | None = (0.5, 1.5), freq_mask: int = 48, time_mask: int = 192,
-                 stats: Stats = "audioset") -> jax.Array:
+                 stats: Stats = "audioset", gain_beta: float = 0.0) -> jax.Array:
     """One augmented, normalised view [target_length, F] of a raw log-mel fbank [T_in, F] (steps 1-4 above).
 
     n_valid_frames: int scalar, the frames of `fbank` that hold audio. gain=None, freq_mask=0, time_mask=0 turn the
-    corresponding step off; stats: a key of DATASET_STATS or (mean, std) (`resolve_stats`).
+    corresponding step off; gain_beta > 0 draws the gain from the scaled Beta instead of the uniform; stats: a key
+    of DATASET_STATS or (mean, std) (`resolve_stats`).
     """
     chex.assert_rank(fbank, 2)
     chex.assert_rank(n_valid_frames, 0)
@@ -72,7 +75,10 @@ def augment_view(key: jax.Array, fbank: jax.Array, n_valid_frames: jax.Array, *,
 
     # 2. gain on valid frames only (padding must stay 0 so it normalises to the pad value), floored bins unchanged
     if gain is not None:
-        g = jax.random.uniform(k_gain, (), minval=gain[0], maxval=gain[1])
+        if gain_beta > 0:
+            g = gain[0] + (gain[1] - gain[0]) * jax.random.beta(k_gain, gain_beta, gain_beta)
+        else:
+            g = jax.random.uniform(k_gain, (), minval=gain[0], maxval=gain[1])
         floored = x <= LOG_FLOOR + _FLOOR_TOLERANCE
         gained = jnp.where(floored, x, jnp.maximum(x + 2.0 * jnp.log(g), LOG_FLOOR))
         x = jnp.where(rows[:, None], gained, 0.0)

@@ -8,10 +8,14 @@ of audio (no labels), for pretraining and tuning on one's own recordings.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from uamix_jax.data.manifest import (
     AUDIO_EXTENSIONS, DatasetLayoutError, Manifest, build_manifest, common_prefix, list_audio_files, read_csv_rows,
@@ -226,13 +230,71 @@ def read_dataset(name: str, root: str, **options: Any) -> Manifest:
     return readers[name](root, **options)
 
 
-def read_configured_dataset(data: Mapping[str, Any], *, labelled: bool = False) -> Manifest:
-    """The manifest a config's `data` block names (name, root, split, tfds_name): the one reader of every command.
+def class_halves(class_names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """A deterministic split of a dataset's classes into a dev half and a test half (the dev half gets the odd one).
 
-    With `split`, only that split (an unknown split is an error naming the ones there are); with `labelled`, only
-    clips with a class label (an error when none has one).
+    Classes are ordered by the SHA-256 of their names and dealt alternately, so the split depends only on the names
+    (not on the order a reader lists them), mixes the classes rather than cutting the alphabet, and is the same on
+    every machine. Choices (budgets, learning rates) are made on the dev half, results reported on the test half.
+    """
+    order = sorted(class_names, key=lambda c: hashlib.sha256(c.encode()).hexdigest())
+    return sorted(order[0::2]), sorted(order[1::2])
+
+
+def select_classes(manifest: Manifest, classes: str) -> Manifest:
+    """The clips of some classes: '' all, 'dev' / 'test' one half of `class_halves`, or 'a,b,c' by name.
+
+    Labels and class names stay as they are (ids are not renumbered); unknown names are an error naming them.
+    """
+    classes = classes.strip()
+    if not classes:
+        return manifest
+    if classes in ("dev", "test"):
+        dev, test = class_halves(manifest.class_names)
+        wanted = dev if classes == "dev" else test
+    else:
+        wanted = [c.strip() for c in classes.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in manifest.class_names]
+        if unknown:
+            raise ValueError(f"config.data.classes: {unknown} are not classes of {manifest.name} (it has "
+                             f"{list(manifest.class_names)[:12]}{' ...' if manifest.num_classes > 12 else ''})")
+    ids = np.array([manifest.class_names.index(c) for c in wanted], np.int64)
+    return manifest.select(np.isin(manifest.labels, ids))
+
+
+def dataset_label(data: Mapping[str, Any]) -> str:
+    """The dataset's name in output file names, figure titles and metric keys.
+
+    data.label when set; else, for `folder` and `manifest` data, the folder's base name (the manifest file's, less
+    its extension), so that two such datasets evaluated into one OUT do not overwrite each other; the TFDS dataset's
+    name for `tfds`; else data.name (esc50, ...). Characters other than [A-Za-z0-9_.-] become '_'.
+    """
+    name = data.get("label", "")
+    if not name and data["name"] in ("folder", "manifest") and data.get("root"):
+        root = os.path.normpath(data["root"])
+        name = os.path.splitext(os.path.basename(root))[0] if os.path.isfile(root) else os.path.basename(root)
+    if not name:
+        name = data.get("tfds_name", "") if data["name"] == "tfds" else ""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name or data["name"])
+
+
+def read_configured_dataset(data: Mapping[str, Any], *, labelled: bool = False, workdir: str | None = None,
+                            seed: int = 0) -> Manifest:
+    """The manifest a config's `data` block names: the one reader of every command and task.
+
+    name, root, split, tfds_name as `read_dataset` takes them. With `split`, only that split (an unknown split is an
+    error naming the ones there are); with `classes`, only those classes (`select_classes`); with `labelled`, only
+    clips with a class label (an error when none has one). `synthetic` with an empty root: the demo's synthetic
+    folder set (`uamix_jax.data.synthetic`, clips of `clip_seconds`, from `seed`) is made once in <workdir>/data and
+    read.
     """
     name, root, split = data["name"], data.get("root", ""), data.get("split", "")
+    if not root and name != "tfds" and data.get("synthetic", False):
+        if workdir is None:
+            raise ValueError("config.data.synthetic needs a workdir to hold the synthesised clips")
+        from uamix_jax.data.synthetic import ensure_demo_dataset
+
+        root = ensure_demo_dataset(os.path.join(workdir, "data"), seconds=data["clip_seconds"], seed=seed)
     if name != "tfds" and not root:
         raise ValueError(f"config.data.root is empty: point it at the unpacked {name} dataset")
     options = {"tfds_name": data.get("tfds_name", "")} if name == "tfds" else {}
@@ -242,6 +304,7 @@ def read_configured_dataset(data: Mapping[str, Any], *, labelled: bool = False) 
             raise ValueError(f"config.data.split={split!r} is not a split of {name} at {root}; it has "
                              f"{sorted(set(manifest.splits))} (use '' for every clip)")
         manifest = manifest.filter(split=split)
+    manifest = select_classes(manifest, data.get("classes", ""))
     if labelled:
         manifest = manifest.select(manifest.labels >= 0)
         if len(manifest) == 0:
@@ -250,5 +313,5 @@ def read_configured_dataset(data: Mapping[str, Any], *, labelled: bool = False) 
     return manifest
 
 
-__all__ = ["read_dataset", "read_configured_dataset", "read_esc50", "read_speechcommands", "read_nsynth", "read_voxceleb1", "read_fsdkaggle2018",
+__all__ = ["read_dataset", "read_configured_dataset", "dataset_label", "class_halves", "select_classes", "read_esc50", "read_speechcommands", "read_nsynth", "read_voxceleb1", "read_fsdkaggle2018",
            "read_folder", "read_manifest_csv", "read_unlabelled"]

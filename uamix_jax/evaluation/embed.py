@@ -1,6 +1,6 @@
 """Clip embeddings of a frozen encoder for a whole manifest: batched, jitted, with a progress bar and a disk cache.
 
-Input policy (SPEC.md, Evaluation), `InputPolicy`:
+Input policy (docs/method.md, "Few-shot evaluation"), `InputPolicy`:
   crop='centre'  : the clip's centre (pipeline centre crop) of at most (T − 1)·160 + 400 samples, i.e. T frames,
                    zero-padded when shorter; fbank → (x − mean) / (2 std) → encoder → embedding [D].
   crop='windows' : the clip's centre of at most clip_seconds, cut into W = ⌈frames / T⌉ consecutive windows of T
@@ -16,6 +16,7 @@ recomputed. Batch size and worker count are not in the key: they do not change t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -36,6 +37,7 @@ from uamix_jax.audio.features import Stats, normalize_fbank, pad_or_crop_frames,
 from uamix_jax.data.bad_audio import BadAudioLog
 from uamix_jax.data.manifest import Manifest
 from uamix_jax.models.vit import AudioMAEEncoder
+from uamix_jax.sharding import batch_sharding, data_mesh, replicated
 
 CROPS = ("centre", "windows")
 CACHE_VERSION = 1  # bump when the embedding computation changes, so old cache files are not reused
@@ -52,13 +54,13 @@ class InputPolicy:
 
     def __post_init__(self):
         if self.crop not in CROPS:
-            raise ValueError(f"crop must be one of {CROPS} (config.crop), got {self.crop!r}")
+            raise ValueError(f"crop must be one of {CROPS} (config.data.crop), got {self.crop!r}")
         if self.target_length < 1:
             raise ValueError(f"target_length must be positive (config.model.target_length), got {self.target_length}")
         resolve_stats(self.stats)  # raises for an unknown name or a std <= 0
         if self.clip_samples < FRAME_LENGTH:
             raise ValueError(f"clip_seconds={self.clip_seconds} reads fewer than {FRAME_LENGTH} samples (one 25 ms "
-                             f"frame); raise config.clip_seconds")
+                             f"frame); raise config.data.clip_seconds")
 
     @property
     def window_samples(self) -> int:
@@ -116,12 +118,14 @@ def clip_embeddings(encoder: AudioMAEEncoder, variables: Any, waveform: jax.Arra
     return jnp.sum(emb * weights[..., None], axis=1) / jnp.sum(weights, axis=1, keepdims=True)
 
 
-def _data_mesh() -> jax.sharding.Mesh:
-    return jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
-
-
+@functools.lru_cache(maxsize=64)
 def make_embed_fn(encoder: AudioMAEEncoder, policy: InputPolicy) -> Callable[..., jax.Array]:
-    """jit(clip_embeddings) for fixed (encoder, policy): fn(variables, waveform [B, N], length [B]) -> [B, D]."""
+    """jit(clip_embeddings) for fixed (encoder, policy): fn(variables, waveform [B, N], length [B]) -> [B, D].
+
+    Cached by (encoder, policy), both frozen dataclasses: every caller that embeds with an equal encoder and input
+    policy (another checkpoint of the same shape, another evaluation set) gets the same jitted function, so the
+    forward pass compiles once per batch shape for the whole process.
+    """
     _check_encoder(encoder, policy)
     return jax.jit(lambda variables, waveform, length: clip_embeddings(encoder, variables, waveform, length, policy))
 
@@ -135,18 +139,18 @@ def embed_manifest(manifest: Manifest, encoder: AudioMAEEncoder, variables: Any,
     Clips that fail to load are logged (`bad_audio_log`), get valid = False and a zero row. Batches are split over
     the local devices (the batch size is rounded up to a multiple of their count) and the next batch is decoded
     while the current one runs. worker_count > 0 decodes in that many grain processes. `embed_fn`: a
-    `make_embed_fn(encoder, policy)` kept by a caller that embeds repeatedly (no retracing); None builds one.
+    `make_embed_fn(encoder, policy)` (None: that one, cached).
     """
     from uamix_jax.data.pipeline import make_pipeline  # grain import only when embedding
 
     _check_encoder(encoder, policy)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive (config.batch_size), got {batch_size}")
-    mesh = _data_mesh()
+        raise ValueError(f"batch_size must be positive (config.eval.batch_size), got {batch_size}")
+    mesh = data_mesh(jax.local_devices())
     n_dev = mesh.devices.size
     batch = -(-batch_size // n_dev) * n_dev
-    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    variables = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    data = batch_sharding(mesh)
+    variables = jax.device_put(variables, replicated(mesh))
     fn = make_embed_fn(encoder, policy) if embed_fn is None else embed_fn
 
     m = len(manifest)

@@ -11,7 +11,9 @@ under `checkpoints/` (`uamix_jax.interop.workdir`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -22,7 +24,7 @@ from uamix_jax.interop.workdir import (CHECKPOINT_DIR, CONFIG_FILE, assign_tree,
 from uamix_jax.models.posemb import PRETRAIN_LENGTH
 from uamix_jax.models.vit import AudioMAEEncoder
 
-__all__ = ["load_encoder", "random_encoder"]
+__all__ = ["load_encoder", "random_encoder", "encoder_from", "LoadedEncoder"]
 
 
 def _load_workdir(path: str, target_length: int | None, posemb: str | None, dtype: Any,
@@ -76,9 +78,40 @@ def load_encoder(path: str | os.PathLike, *, target_length: int | None = None, p
 
 
 def random_encoder(size: str, *, target_length: int = PRETRAIN_LENGTH, posemb: str = "prefix", seed: int = 0,
-                   dtype: Any = jnp.float32, attention: str = "auto") -> tuple[AudioMAEEncoder, dict]:
+                   dtype: Any = jnp.float32, attention: str = "auto", pooling: str = "norm_mean"
+                   ) -> tuple[AudioMAEEncoder, dict]:
     """A randomly initialised encoder of a named size (the 'random init' baseline), key = PRNGKey(seed)."""
     encoder = AudioMAEEncoder.from_size(size, target_length=target_length, posemb=posemb, dtype=dtype,
-                                        attention=attention)
+                                        attention=attention, pooling=pooling)
     variables = jax.jit(encoder.init)(jax.random.key(seed), jnp.zeros((1, target_length, encoder.num_mel_bins)))
     return encoder, variables
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedEncoder:
+    """An encoder, its variables and a description for result records (a path, or random:<size>:seed<seed>)."""
+
+    encoder: AudioMAEEncoder
+    variables: dict
+    description: str
+
+
+def encoder_from(init_from: str, model: Mapping[str, Any], *, dtype: Any = jnp.float32, seed: int = 0
+                 ) -> LoadedEncoder:
+    """The encoder of `init_from` (anything `load_encoder` reads), or with '' a random init of model.size.
+
+    model: a config's `model` block. target_length 0 / posemb '' mean the checkpoint's own (what it was trained
+    with; for a random init, AudioMAE's 1024 frames and the 'prefix' table); otherwise they override. The few-shot
+    command, the linear probe and the demo take their encoders here.
+    """
+    target_length = int(model.get("target_length", 0)) or None
+    posemb = model.get("posemb", "") or None
+    attention = model.get("attention", "auto")
+    if init_from:
+        encoder, variables = load_encoder(init_from, target_length=target_length, posemb=posemb, dtype=dtype,
+                                          attention=attention)
+        return LoadedEncoder(encoder, variables, os.path.abspath(init_from))
+    encoder, variables = random_encoder(model["size"], target_length=target_length or PRETRAIN_LENGTH,
+                                        posemb=posemb or "prefix", seed=seed, dtype=dtype, attention=attention,
+                                        pooling=model.get("pooling", "norm_mean"))
+    return LoadedEncoder(encoder, variables, f"random:{model['size']}:seed{seed}")

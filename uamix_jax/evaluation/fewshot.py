@@ -13,6 +13,7 @@ the centroid only through ‖c_n‖², which shrinks when a class's support clip
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from typing import Any
 
@@ -93,21 +94,40 @@ def confidence_interval(accuracies: np.ndarray) -> tuple[float, float]:
     return float(acc.mean()), float(CI_Z * acc.std() / math.sqrt(acc.size))
 
 
-def evaluate_episodes(embeddings: jax.Array | np.ndarray, episodes: Episodes) -> tuple[float, float, np.ndarray]:
-    """(mean accuracy %, ci95 %, per-episode accuracies [E] in [0, 1]) of sampled `episodes`."""
-    acc = episode_accuracies(embeddings, episodes.support, episodes.query, episodes.query_mask)
-    mean, ci = confidence_interval(100.0 * acc)
-    return mean, ci, acc
+def episodes_hash(episodes: Episodes) -> str:
+    """SHA-256 (hex) of the episode index arrays (support, query, query_mask, with their shapes): equal hashes mean
+    two results were scored on the same episodes of the same clips."""
+    h = hashlib.sha256()
+    for array in (episodes.support, episodes.query, episodes.query_mask):
+        array = np.ascontiguousarray(array)
+        h.update(f"{array.dtype.str}{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def fewshot_record(episodes: Episodes, accuracies: np.ndarray, *, seed: int, num_clips: int) -> dict[str, Any]:
+    """The JSON-ready result of scoring `episodes`: ways, shots, queries (asked), queries_min (fewest any class
+    offers), short_classes ({label id: queries} for classes with fewer than asked), episodes, seed, accuracy_mean and
+    ci95 (percent), num_classes (classes that can take part), num_clips, episodes_sha256 (`episodes_hash`)."""
+    mean, ci = confidence_interval(100.0 * np.asarray(accuracies, np.float64))
+    _, ways, shots = episodes.support.shape
+    return {
+        "ways": int(ways), "shots": int(shots), "queries": int(episodes.query.shape[2]),
+        "queries_min": int(min(episodes.queries_per_class.values())),
+        "short_classes": {str(c): q for c, q in sorted(episodes.short_classes.items())},
+        "episodes": episodes.num_episodes, "seed": int(seed), "accuracy_mean": mean, "ci95": ci,
+        "num_classes": len(episodes.queries_per_class), "num_clips": int(num_clips),
+        "episodes_sha256": episodes_hash(episodes),
+    }
 
 
 def evaluate_fewshot(embeddings: jax.Array | np.ndarray, labels: np.ndarray, *, ways: int = 5, shots: int = 1,
                      queries: int = 15, episodes: int = 600, seed: int = 0) -> dict[str, Any]:
     """N-way K-shot nearest-centroid accuracy of `embeddings` float [M, D] with `labels` int [M] (-1: not used).
 
-    Samples `episodes` episodes from `seed` (`sample_episodes`), evaluates them in one jitted call and returns a
-    JSON-ready dict: ways, shots, queries (asked), queries_min (fewest any class offers), short_classes
-    ({label id: queries} for classes with fewer than asked), episodes, seed, accuracy_mean and ci95 (percent),
-    num_classes (classes that can take part), num_clips. Pure: no I/O.
+    Samples `episodes` episodes from `seed` (`sample_episodes`), evaluates them in one jitted call and returns
+    `fewshot_record`'s dict. Pure: no I/O. To score several encoders on the same episodes and keep the per-episode
+    accuracies, use `uamix_jax.evaluation.fewshot_driver.score_fewshot`.
     """
     embeddings = jnp.asarray(embeddings)
     labels = np.asarray(labels)
@@ -116,11 +136,5 @@ def evaluate_fewshot(embeddings: jax.Array | np.ndarray, labels: np.ndarray, *, 
         raise ValueError(f"labels [{labels.shape[0]}] and embeddings {tuple(embeddings.shape)} must have one row "
                          f"per clip")
     eps = sample_episodes(labels, ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed)
-    mean, ci, _ = evaluate_episodes(embeddings, eps)
-    return {
-        "ways": int(ways), "shots": int(shots), "queries": int(queries),
-        "queries_min": int(min(eps.queries_per_class.values())),
-        "short_classes": {str(c): q for c, q in sorted(eps.short_classes.items())},
-        "episodes": int(episodes), "seed": int(seed), "accuracy_mean": mean, "ci95": ci,
-        "num_classes": len(eps.queries_per_class), "num_clips": int(np.sum(labels >= 0)),
-    }
+    acc = episode_accuracies(embeddings, eps.support, eps.query, eps.query_mask)
+    return fewshot_record(eps, acc, seed=seed, num_clips=int(np.sum(labels >= 0)))

@@ -9,14 +9,21 @@ MAE's linear probe on the cached embeddings:
 
     logits = W · BN(e) + b,   BN = BatchNorm without affine (batch statistics in training, running ones at test)
 
-trained with AdamW (optax; no weight decay) on minibatches, linear warmup + cosine lr, cross-entropy (single-label)
-or BCE (multi-label); the test metric (top-1 or mAP) after every epoch →
-W/linear_probe/<dataset>.json in fine-tuning's format (value = last epoch, best, best_epoch; folds: per_fold, std).
-Seconds to minutes: only the probe trains, on arrays already in memory.
+trained with AdamW (optax; config.optim: b1, b2, eps, weight decay) on minibatches, the config's warmup + cosine lr
+(`uamix_jax.schedules`), cross-entropy (single-label) or BCE (multi-label); the test metric (top-1 or mAP) after
+every epoch → W/linear_probe/<dataset>.json in fine-tuning's format (value = last epoch, best, best_epoch; folds:
+per_fold, std). Seconds to minutes: only the probe trains, on arrays already in memory.
+
+Why not on the shared trainer (`uamix_jax.train.loop`): that loop streams audio through a grain pipeline and runs the
+encoder in every step, with checkpoints and resume for hours-long runs. A probe never runs the encoder after the
+embeddings are cached, trains a few thousand steps of a linear layer in seconds, and must also probe embeddings the
+project did not compute (any encoder's cached or precomputed embeddings), so it trains on arrays in memory; the
+evaluation layer also never imports the trainer.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -29,16 +36,14 @@ from absl import logging
 from tqdm import tqdm
 
 from uamix_jax.data.bad_audio import check_manifest
-from uamix_jax.data.layouts import read_configured_dataset
+from uamix_jax.data.layouts import dataset_label, read_configured_dataset
 from uamix_jax.data.manifest import Manifest
 from uamix_jax.evaluation.embed import InputPolicy, cached_embeddings, params_fingerprint
-from uamix_jax.evaluation.encoders import load_encoder, random_encoder
-from uamix_jax.evaluation.fewshot_main import dataset_label
+from uamix_jax.evaluation.encoders import encoder_from
 from uamix_jax.evaluation.metrics import mean_average_precision, top1_accuracy
-from uamix_jax.evaluation.protocol import (
-    EvalRun, demo_dataset, evaluation_runs, metric_name, run_record, summary_record, write_record)
-from uamix_jax.models.posemb import PRETRAIN_LENGTH
+from uamix_jax.evaluation.protocol import EvalRun, evaluation_runs, metric_name, run_record, summary_record, write_record
 from uamix_jax.models.precision import compute_dtype
+from uamix_jax.schedules import lr_schedule
 
 
 class LinearProbe(nn.Module):
@@ -63,23 +68,23 @@ def _loss(logits: jax.Array, targets: jax.Array, multilabel: bool) -> jax.Array:
 
 
 def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-                num_classes: int, multilabel: bool, epochs: int, batch_size: int, base_lr: float,
-                warmup_epochs: float, seed: int, progress: bool = False) -> list[dict[str, float]]:
+                num_classes: int, multilabel: bool, epochs: int, batch_size: int, optim: Mapping[str, Any],
+                seed: int, progress: bool = False) -> list[dict[str, float]]:
     """Trains a LinearProbe on embeddings x_train [N, D] with targets y_train (int [N], or multi-hot [N, C] when
     multilabel; C = num_classes); returns one row per epoch {'epoch', 'test/<metric>'} measured on (x_test, y_test).
 
     Minibatches of `batch_size` (the last partial batch of an epoch is dropped, as a DataLoader with drop_last;
-    at least one batch), reshuffled per epoch from `seed`. lr = base_lr · batch / 256, warmup then cosine to 0.
-    MAE probes with LARS at batch 16,384, whose trust ratio (0.001·|w|/|g|) moves the weights by ~lr·0.1 % per
-    step: with these sets' few hundred steps that barely leaves the initialisation, so AdamW it is.
+    at least one batch), reshuffled per epoch from `seed`. The learning rate is `optim`'s schedule
+    (`uamix_jax.schedules.lr_schedule` with the batch actually used; the presets: base_lr · batch / 256, warmup then
+    cosine to 0). MAE probes with LARS at batch 16,384, whose trust ratio (0.001·|w|/|g|) moves the weights by
+    ~lr·0.1 % per step: with these sets' few hundred steps that barely leaves the initialisation, so AdamW it is.
     """
     n = x_train.shape[0]
     batch = min(batch_size, n)
     steps_per_epoch = max(1, n // batch)
     total = epochs * steps_per_epoch
-    warmup = min(int(warmup_epochs * steps_per_epoch), total - 1)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, base_lr * batch / 256, warmup, total, 0.0)
-    tx = optax.adamw(schedule, weight_decay=0.0)
+    tx = optax.adamw(lr_schedule(optim, batch, total), b1=optim["b1"], b2=optim["b2"], eps=optim["eps"],
+                     weight_decay=optim["weight_decay"])
     model = LinearProbe(num_classes)
     variables = model.init(jax.random.key(seed), jnp.zeros((2, x_train.shape[1]), jnp.float32))
     params, stats = variables["params"], variables["batch_stats"]
@@ -113,26 +118,6 @@ def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     return history
 
 
-def _encoder(config: ml_collections.ConfigDict) -> tuple[Any, Any, str]:
-    """(encoder, variables, description): config.init_from, or a random init of config.model.size."""
-    dtype, m = compute_dtype(config.dtype), config.model
-    if config.init_from:
-        encoder, variables = load_encoder(config.init_from, target_length=m.target_length, posemb=m.posemb,
-                                          dtype=dtype)
-        return encoder, variables, os.path.abspath(config.init_from)
-    encoder, variables = random_encoder(m.size, target_length=m.target_length or PRETRAIN_LENGTH, posemb=m.posemb,
-                                        seed=config.seed, dtype=dtype)
-    return encoder, variables, f"random:{m.size}:seed{config.seed}"
-
-
-def _manifest(config: ml_collections.ConfigDict, workdir: str) -> Manifest:
-    """The labelled clips of config.data; the demo's data is synthesised in W/data when data.root is empty."""
-    data = config.data.to_dict()
-    if not data["root"] and data["name"] != "tfds" and data["synthetic"]:
-        data["root"] = demo_dataset(workdir, config.clip_seconds, config.seed)
-    return read_configured_dataset(data, labelled=True)
-
-
 def _rows(run_part: Manifest, position: dict[str, int]) -> np.ndarray:
     return np.array([position[c] for c in run_part.clip_ids], np.int64)
 
@@ -140,7 +125,7 @@ def _rows(run_part: Manifest, position: dict[str, int]) -> np.ndarray:
 def probe_run(config: ml_collections.ConfigDict, run: EvalRun, manifest: Manifest, emb: np.ndarray,
               valid: np.ndarray) -> dict[str, Any]:
     """Trains and tests the probe on one partition (clips that failed to embed left out); returns its record."""
-    multilabel, p = config.multilabel, config.probe
+    multilabel = config.probe.multilabel
     position = {c: i for i, c in enumerate(manifest.clip_ids)}
     train, test = _rows(run.train, position), _rows(run.test, position)
     train, test = train[valid[train]], test[valid[test]]
@@ -150,9 +135,8 @@ def probe_run(config: ml_collections.ConfigDict, run: EvalRun, manifest: Manifes
     else:
         y_train, y_test = manifest.labels[train], manifest.labels[test]
     history = train_probe(emb[train], y_train, emb[test], y_test, num_classes=manifest.num_classes,
-                          multilabel=multilabel, epochs=p.epochs,
-                          batch_size=p.batch_size, base_lr=p.base_lr, warmup_epochs=p.warmup_epochs,
-                          seed=config.seed, progress=config.progress)
+                          multilabel=multilabel, epochs=config.train.epochs, batch_size=config.train.global_batch,
+                          optim=config.optim, seed=config.seed, progress=config.progress)
     metric = metric_name(multilabel)
     return {**run_record(history, metric), "train_clips": int(train.size), "test_clips": int(test.size)}
 
@@ -166,22 +150,22 @@ def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[st
         return {}
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    manifest = _manifest(config, workdir)
-    check_manifest(manifest)
     d = config.data
+    manifest = read_configured_dataset(d, labelled=True, workdir=workdir, seed=config.seed)
+    check_manifest(manifest)
     runs = evaluation_runs(manifest, folds=config.folds, train_split=d.train_split, valid_split="",
                            test_split=d.test_split, seed=config.seed)
-    encoder, variables, description = _encoder(config)
-    policy = InputPolicy(target_length=encoder.target_length, stats=d.stats, crop=config.crop,
-                         clip_seconds=config.clip_seconds)
+    loaded = encoder_from(config.init_from, config.model, dtype=compute_dtype(config.dtype), seed=config.seed)
+    encoder, variables = loaded.encoder, loaded.variables
+    policy = InputPolicy(target_length=encoder.target_length, stats=d.stats, crop=d.crop, clip_seconds=d.clip_seconds)
     emb, valid, cache_file, reused = cached_embeddings(
         manifest, encoder, variables, policy=policy, cache_dir=os.path.join(workdir, "embeddings"),
-        batch_size=config.batch_size, worker_count=config.worker_count, progress=config.progress,
+        batch_size=config.eval.batch_size, worker_count=d.worker_count, progress=config.progress,
         params_hash=params_fingerprint(variables))
     logging.info("embeddings %s %s", "reused from" if reused else "written to", cache_file)
     records = {run.name: probe_run(config, run, manifest, emb, valid) for run in runs}
     dataset = dataset_label(d)
-    record = summary_record(dataset, metric_name(config.multilabel), description, records)
+    record = summary_record(dataset, metric_name(config.probe.multilabel), loaded.description, records)
     record["embeddings"] = cache_file
     path = write_record(os.path.join(workdir, "linear_probe", f"{dataset}.json"), record)
     print(f"linear probe {dataset}: {record['metric']} {record['value']:.4f} (last epoch), best {record['best']:.4f}"

@@ -24,11 +24,9 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from uamix_jax.data.demo import ensure_demo_dataset
 from uamix_jax.data.manifest import Manifest
 
 TEST_FRACTION = 0.2
-DEMO_CLASSES, DEMO_CLIPS_PER_CLASS = 8, 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +149,3 @@ def summary_scalars(record: dict[str, Any]) -> dict[str, float]:
         out[f"{m}/best_epoch"] = record["best_epoch"]
     return out
 
-
-def demo_dataset(workdir: str, seconds: float, seed: int) -> str:
-    """The fine-tuning and probe demos' data: the synthetic 8-class × 24-clip folder set in `workdir/data`."""
-    return ensure_demo_dataset(os.path.join(workdir, "data"), num_classes=DEMO_CLASSES,
-                               clips_per_class=DEMO_CLIPS_PER_CLASS, seconds=seconds, seed=seed)

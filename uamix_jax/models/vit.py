@@ -1,7 +1,7 @@
 """AudioMAE's ViT encoder in Flax Linen, parameter-compatible with AudioMAE's PyTorch checkpoints.
 
-Input: normalised log-mel fbank x [B, T, F] (T = target_length frames, F = num_mel_bins). Pipeline (SPEC.md, Encoder;
-reference/audiomae.md §1):
+Input: normalised log-mel fbank x [B, T, F] (T = target_length frames, F = num_mel_bins). Pipeline
+(docs/method.md, "The encoder"):
 
     patches  = conv16x16/16(x)                      [B, (T/16)(F/16), D]   token n = (F/16) t + f
     z_0      = [cls ; patches + P[1:]]              [B, 1 + (T/16)(F/16), D]   (P = fixed table, P[0] = 0)
@@ -17,6 +17,7 @@ constant, not a variable.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import chex
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uamix_jax.models.posemb import POSEMB_POLICIES, positional_table
+from uamix_jax.models.precision import compute_dtype
 
 # name -> (width, depth, num_heads, mlp_dim)
 VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -238,6 +240,18 @@ class AudioMAEEncoder(nn.Module):
         fields = dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim)
         fields.update(overrides)
         return cls(**fields)
+
+    @classmethod
+    def from_config(cls, model: Mapping[str, Any], *, dtype: Dtype = jnp.float32, **overrides: Any) -> "AudioMAEEncoder":
+        """The encoder a config's `model` block describes (size, target_length, pooling, posemb, remat, attention,
+        drop_path), at compute dtype `dtype` (a jnp dtype or 'float32' / 'bfloat16'); fields overridable. Every task
+        and command builds its encoder here."""
+        fields = dict(target_length=model["target_length"], pooling=model.get("pooling", "norm_mean"),
+                      posemb=model.get("posemb", "prefix") or "prefix", remat=model.get("remat", False),
+                      attention=model.get("attention", "auto"), drop_path_rate=model.get("drop_path", 0.0),
+                      dtype=compute_dtype(dtype) if isinstance(dtype, str) else dtype)
+        fields.update(overrides)
+        return cls.from_size(model["size"], **fields)
 
     @property
     def num_patches(self) -> int:

@@ -13,72 +13,58 @@ a fresh encoder (pooling 'fc_norm', drop path) + linear head, AdamW with layer-w
 """
 from __future__ import annotations
 
-import copy
 import os
+from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
+from uamix_jax.audio.fbank import SAMPLE_RATE
 from uamix_jax.data.bad_audio import BadAudioLog, check_manifest
-from uamix_jax.data.layouts import read_configured_dataset
+from uamix_jax.data.layouts import dataset_label, read_configured_dataset
 from uamix_jax.data.manifest import Manifest
 from uamix_jax.data.pipeline import bad_audio_log_path, has_multi_label_clips, make_pipeline
-from uamix_jax.evaluation.embed import SAMPLE_RATE, InputPolicy
+from uamix_jax.evaluation.embed import InputPolicy, clip_embeddings
 from uamix_jax.evaluation.encoders import load_encoder
-from uamix_jax.evaluation.fewshot_main import dataset_label
 from uamix_jax.evaluation.metrics import ScoreTable
 from uamix_jax.evaluation.protocol import (
-    EvalRun, demo_dataset, evaluation_runs, metric_name, run_record, summary_record, summary_scalars, write_record)
+    EvalRun, evaluation_runs, metric_name, run_record, summary_record, summary_scalars, write_record)
 from uamix_jax.interop.workdir import assign_tree
-from uamix_jax.models.precision import compute_dtype
 from uamix_jax.models.vit import AudioMAEEncoder
+from uamix_jax.sharding import batch_sharding, data_mesh, host_copy, replicated
 from uamix_jax.train import optim
-from uamix_jax.train.finetune_step import FinetuneOptions, classifier_head, make_finetune_step, make_logits_fn
-from uamix_jax.train.loop import TrainTask, plan_training, run_training
+from uamix_jax.train.finetune_step import FinetuneOptions, classifier_head, make_finetune_step
+from uamix_jax.train.loop import TrainingPlan, TrainTask, plan_training, run_training
 from uamix_jax.train.metrics import MetricWriter, read_metrics
-from uamix_jax.train.state import TrainState
+from uamix_jax.train.state import StateInit, TrainState, create_state
 
 
 # ------------------------------------------------------------------------------------------------ model and state
-def build_encoder(config: ml_collections.ConfigDict) -> AudioMAEEncoder:
-    """The encoder being fine-tuned: config.model at config.dtype, with drop path."""
-    m = config.model
-    return AudioMAEEncoder.from_size(
-        m.size, target_length=m.target_length, pooling=m.pooling, posemb=m.posemb, remat=m.remat,
-        attention=m.attention, drop_path_rate=m.drop_path, dtype=compute_dtype(config.dtype))
-
-
-def peak_lr(config: ml_collections.ConfigDict) -> float:
-    """AudioMAE's lr = blr · global batch / 256."""
-    return config.optim.base_lr * config.train.global_batch / 256
-
-
-def create_state(config: ml_collections.ConfigDict, encoder: AudioMAEEncoder, head: Any, total_steps: int,
-                 warmup_steps: int, key: jax.Array) -> tuple[TrainState, Any, dict[str, float], optax.Schedule]:
-    """(fresh TrainState {'encoder', 'head'}, label tree, lr scale per label, schedule); runs on the host.
-
-    Schedule: linear warmup from 0 over `warmup_steps` (at most all steps but one), then half-cycle cosine to
-    optim.min_lr (AudioMAE's `lr_sched`, per step). Groups: `optim.finetune_rules`; weight decay on matrices except
-    the cls token.
-    """
+def finetune_groups(config: ml_collections.ConfigDict, depth: int) -> optim.Groups:
+    """AudioMAE's groups (`optim.finetune_rules`): layer-wise lr decay; weight decay on matrices except the cls
+    token."""
     o = config.optim
-    k_enc, k_head = jax.random.split(key)
-    x = jnp.zeros((1, encoder.target_length, encoder.num_mel_bins), jnp.float32)
-    params = {"encoder": jax.jit(encoder.init)(k_enc, x)["params"],
-              "head": jax.jit(head.init)(k_head, jnp.zeros((1, encoder.width), jnp.float32))["params"]}
-    rules, scales = optim.finetune_rules(encoder.depth, o.layer_decay)
-    labels = optim.label_params(params, rules)
-    groups = {label: optim.Group(lr_scale=scale, weight_decay=0.0 if label in optim.NO_WEIGHT_DECAY else o.weight_decay)
-              for label, scale in scales.items()}
-    total = max(total_steps, 1)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, peak_lr(config), min(warmup_steps, total - 1), total, o.min_lr)
-    tx = optim.make_optimizer(params, labels=labels, groups=groups, schedule=schedule, b1=o.b1, b2=o.b2, eps=o.eps)
-    return TrainState.create(apply_fn=None, params=params, tx=tx), labels, scales, schedule
+    rules, scales = optim.finetune_rules(depth, o.layer_decay)
+    return optim.Groups(tuple(rules), {
+        label: optim.Group(scale, 0.0 if label in optim.NO_WEIGHT_DECAY else o.weight_decay)
+        for label, scale in scales.items()})
+
+
+def finetune_init(encoder: AudioMAEEncoder, head: nn.Module) -> StateInit:
+    """key → {'params': {'encoder', 'head'}}: a fresh encoder (with fc_norm) and AudioMAE's fresh linear head."""
+
+    def init(key: jax.Array) -> dict[str, Any]:
+        k_enc, k_head = jax.random.split(key)
+        x = jnp.zeros((1, encoder.target_length, encoder.num_mel_bins), jnp.float32)
+        return {"params": {"encoder": encoder.init(k_enc, x)["params"],
+                           "head": head.init(k_head, jnp.zeros((1, encoder.width), jnp.float32))["params"]}}
+
+    return init
 
 
 def load_pretrained(state: TrainState, path: str, encoder: AudioMAEEncoder) -> TrainState:
@@ -106,16 +92,27 @@ def options_from_config(config: ml_collections.ConfigDict, num_classes: int, mul
         num_classes=num_classes, target_length=config.model.target_length, stats=config.data.stats,
         multilabel=f.multilabel, label_smoothing=f.label_smoothing, mixup_prob=f.mixup_prob,
         mixup_alpha=f.mixup_alpha, mix_group=f.mix_group,
-        gain=(a.gain_min, a.gain_max) if a.gain_max > 0 else None, freq_mask=a.freq_mask, time_mask=a.time_mask,
-        mask_t_prob=a.mask_t_prob, mask_f_prob=a.mask_f_prob, multi_hot=multi_hot)
+        gain=(a.gain_min, a.gain_max) if a.gain_max > 0 else None, gain_beta=a.get("gain_beta", 0.0),
+        freq_mask=a.freq_mask, time_mask=a.time_mask, mask_t_prob=a.mask_t_prob, mask_f_prob=a.mask_f_prob,
+        multi_hot=multi_hot)
+
+
+def make_logits_fn(encoder: AudioMAEEncoder, head: nn.Module, policy: InputPolicy
+                   ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """jit(fn(params, waveform [B, N], length [B]) → logits [B, C]) for evaluation (no augmentation, no masking).
+
+    policy.crop='centre': one T-frame input per clip. 'windows' (VoxCeleb): the mean of the logits over consecutive
+    T-frame windows, computed as the head of the mean window embedding (`embed.clip_embeddings`; the same number,
+    as the head is linear). Batches sharded over devices on their leading axis are split by XLA (GSPMD).
+    """
+    def logits(params: Any, waveform: jax.Array, length: jax.Array) -> jax.Array:
+        emb = clip_embeddings(encoder, {"params": params["encoder"]}, waveform, length, policy)
+        return head.apply({"params": params["head"]}, emb)
+
+    return jax.jit(logits)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
-def _host_copy(tree: Any) -> Any:
-    """A replicated (possibly multi-host) array tree as numpy on this host."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
-
-
 class SplitEvaluator:
     """The metric on every clip of the evaluation splits, from padded batches (each clip counted once).
 
@@ -129,11 +126,10 @@ class SplitEvaluator:
                                   clip_seconds=e.clip_seconds)
         self.logits = make_logits_fn(encoder, head, self.policy)
         self.splits, self.metric, self.steps_per_epoch = splits, metric, steps_per_epoch
-        mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
-        self.data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-        self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        mesh = data_mesh(jax.local_devices())
+        self.data, self.replicated = batch_sharding(mesh), replicated(mesh)
         self.batch = -(-e.batch_size // mesh.devices.size) * mesh.devices.size
-        self.worker_count, self.progress = config.data.worker_count, config.train.progress
+        self.worker_count, self.progress = config.data.worker_count, config.progress
         self.bad_log = BadAudioLog(bad_audio_log_path(os.path.join(workdir, "bad_audio_eval.txt"),
                                                       jax.process_index(), jax.process_count()))
 
@@ -157,7 +153,7 @@ class SplitEvaluator:
         return table
 
     def __call__(self, state: TrainState, step: int) -> dict[str, float]:
-        params = jax.device_put(_host_copy(state.params), self.replicated)
+        params = jax.device_put(host_copy(state.params), self.replicated)
         out: dict[str, float] = {"eval_epoch": round(step / self.steps_per_epoch, 3)}
         for name, manifest in self.splits.items():
             out[f"{name}/{self.metric}"] = self.scores(params, manifest).metric(self.metric, self.targets(manifest))
@@ -182,14 +178,24 @@ def evaluations(workdir: str, metric: str) -> list[dict[str, float]]:
 
 
 # --------------------------------------------------------------------------------------------------------- runs
-def _read_manifest(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, Manifest]:
-    """(config, labelled clips of config.data); the demo's data is synthesised in W/data when data.root is empty."""
-    d = config.data
-    if not d.root and d.name != "tfds" and d.get("synthetic", False):
-        config = copy.deepcopy(config)
-        with config.unlocked():
-            config.data.root = demo_dataset(workdir, d.clip_seconds, config.seed)
-    return config, read_configured_dataset(config.data, labelled=True)
+def finetune_task(config: ml_collections.ConfigDict, plan: TrainingPlan, num_classes: int, *, multi_hot: bool,
+                  abstract: bool = False, evaluate: Any = None, eval_every: int = 0) -> TrainTask:
+    """The fine-tuning task for the shared loop: encoder (fc_norm, drop path) + linear head over `num_classes`;
+    multi_hot: targets from the batches' multi-hot labels (multi-label sets). abstract=True: shapes only."""
+    if config.finetune.mixup_prob > 0:
+        group = config.finetune.mix_group or plan.per_device_batch
+        if group < 2 or plan.per_device_batch % group:
+            raise ValueError(f"config.finetune.mix_group={config.finetune.mix_group} must be ≥ 2 and divide the "
+                             f"per-device batch {plan.per_device_batch} (or be 0 for the per-device batch)")
+    encoder, head = AudioMAEEncoder.from_config(config.model, dtype=config.dtype), classifier_head(num_classes)
+    state, _ = create_state(config, finetune_init(encoder, head), finetune_groups(config, encoder.depth),
+                            plan.total_steps, jax.random.key(config.seed), abstract=abstract)
+    options = options_from_config(config, num_classes, multi_hot)
+    init_from = None
+    if config.init_from and not abstract:
+        init_from = lambda fresh: load_pretrained(fresh, config.init_from, encoder)  # noqa: E731
+    return TrainTask(state=state, step=make_finetune_step(encoder, head, options), batch_keys=options.batch_keys,
+                     init_from=init_from, evaluate=evaluate, eval_every=eval_every)
 
 
 def finetune_run(config: ml_collections.ConfigDict, workdir: str, run: EvalRun, num_classes: int) -> dict[str, Any]:
@@ -199,31 +205,14 @@ def finetune_run(config: ml_collections.ConfigDict, workdir: str, run: EvalRun, 
     if has_multi_label_clips(run.train) and not config.finetune.multilabel:
         logging.warning("%s has clips with several labels but config.finetune.multilabel is False: training on "
                         "each clip's first label with cross-entropy", run.train.name)
-    plan = plan_training(config, run.train)
-    if config.finetune.mixup_prob > 0:
-        group = config.finetune.mix_group or plan.per_device_batch
-        if group < 2 or plan.per_device_batch % group:
-            raise ValueError(f"config.finetune.mix_group={config.finetune.mix_group} must be ≥ 2 and divide the "
-                             f"per-device batch {plan.per_device_batch} (or be 0 for the per-device batch)")
-    warmup = int(round(config.optim.warmup_epochs * plan.steps_per_epoch))
-    encoder, head = build_encoder(config), classifier_head(num_classes)
-    state, labels, scales, schedule = create_state(config, encoder, head, plan.total_steps, warmup,
-                                                   jax.random.key(config.seed))
-    optim.log_assignment(state.params, labels, scales)
+    plan = plan_training(config, len(run.train))
     every = config.eval.every_steps or max(1, int(round(config.eval.every_epochs * plan.steps_per_epoch)))
     splits = {"test": run.test, **({"valid": run.valid} if run.valid is not None else {})}
-    evaluator = SplitEvaluator(config, encoder, head, splits, metric, plan.steps_per_epoch, workdir)
-    options = options_from_config(config, num_classes, multi_hot)
-    task = TrainTask(
-        name=f"finetune {run.name}".strip(), state=state, schedule=schedule,
-        step=make_finetune_step(encoder, head, options), batch_keys=options.batch_keys,
-        init_from=(lambda fresh: load_pretrained(fresh, config.init_from, encoder)) if config.init_from else None,
-        postfix=("loss",) if config.finetune.multilabel else ("loss", "accuracy"),
-        evaluate=evaluator, eval_every=every, warmup_steps=warmup,
-        derived=dict(lr=peak_lr(config), num_classes=num_classes, train_clips=len(run.train),
-                     test_clips=len(run.test), valid_clips=0 if run.valid is None else len(run.valid),
-                     eval_every=every, parameters=optim.count_params(state.params)))
-    run_training(config, workdir, plan, task)
+    encoder = AudioMAEEncoder.from_config(config.model, dtype=config.dtype)
+    evaluator = SplitEvaluator(config, encoder, classifier_head(num_classes), splits, metric, plan.steps_per_epoch,
+                               workdir)
+    task = finetune_task(config, plan, num_classes, multi_hot=multi_hot, evaluate=evaluator, eval_every=every)
+    run_training(config, workdir, run.train, plan, task)
     return {**run_record(evaluations(workdir, metric), metric), "train_clips": len(run.train),
             "test_clips": len(run.test)}
 
@@ -256,7 +245,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Fine-tunes config.init_from on config.data (all partitions) in `workdir`; returns the result record."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    config, manifest = _read_manifest(config, workdir)
+    manifest = read_configured_dataset(config.data, labelled=True, workdir=workdir, seed=config.seed)
     check_manifest(manifest)
     d = config.data
     runs = evaluation_runs(manifest, folds=config.folds, train_split=d.train_split, valid_split=d.valid_split,

@@ -1,4 +1,4 @@
-"""AudioMAE's fine-tuning step (reference/audiomae.md §5), per device over axis 'data', and its evaluation logits.
+"""AudioMAE's fine-tuning step (docs/method.md, "Fine-tuning"), per device over axis 'data'.
 
 One training step on a global batch of B clips:
 
@@ -13,7 +13,7 @@ One training step on a global batch of B clips:
 Every random draw (mixup, augmentation, token mask, drop path) is keyed by fold_in(step key, global sample index),
 never by device, and mixup partners come from fixed groups of `mix_group` consecutive samples, so the same global
 batch gives the same step on 1 or 8 devices. The loss is the global mean (psum), so the gradients of the replicated
-parameters arrive reduced (see `uamix_jax.train.step`).
+parameters arrive reduced (see `uamix_jax.train.tune_step`).
 """
 from __future__ import annotations
 
@@ -28,11 +28,10 @@ import optax
 
 from uamix_jax.audio.augment import augment_view
 from uamix_jax.audio.features import waveform_to_fbank
-from uamix_jax.evaluation.embed import InputPolicy, clip_embeddings
 from uamix_jax.models.masking import structured_keep_indices
 from uamix_jax.models.vit import AudioMAEEncoder
+from uamix_jax.sharding import AXIS
 from uamix_jax.train.state import TrainState
-from uamix_jax.train.step import AXIS
 
 HEAD_INIT_STD = 2e-5  # AudioMAE: trunc_normal_(head.weight, std=2e-5)
 
@@ -62,6 +61,7 @@ class FinetuneOptions:
     mixup_alpha: float = 10.0
     mix_group: int = 4  # samples per mixup group (partners come from it); 0: the per-device batch
     gain: tuple[float, float] | None = None
+    gain_beta: float = 0.0  # > 0: gain = lo + (hi − lo)·Beta(gain_beta, gain_beta) (AudioMAE's roll_mag_aug: 10)
     freq_mask: int = 48
     time_mask: int = 192  # at T = 1024; scaled with T by augment_view
     mask_t_prob: float = 0.2
@@ -168,7 +168,7 @@ def make_finetune_step(encoder: AudioMAEEncoder, head: nn.Module, options: Finet
         fbank, n_valid = waveform_to_fbank(waveform, batch["length"])
         x = jax.vmap(lambda i, f, n: augment_view(
             jax.random.fold_in(k_aug, i), f, n, target_length=o.target_length, gain=o.gain, freq_mask=o.freq_mask,
-            time_mask=o.time_mask, stats=o.stats))(gidx, fbank, n_valid)
+            time_mask=o.time_mask, stats=o.stats, gain_beta=o.gain_beta))(gidx, fbank, n_valid)
         keep = (structured_keep_indices(k_mask, gidx, time_patches=grid[0], freq_patches=grid[1],
                                         mask_t_prob=o.mask_t_prob, mask_f_prob=o.mask_f_prob) if use_mask else None)
         drop_keys = jax.vmap(lambda i: jax.random.fold_in(k_drop, i))(gidx)
@@ -189,18 +189,3 @@ def make_finetune_step(encoder: AudioMAEEncoder, head: nn.Module, options: Finet
         return new_state, metrics
 
     return step
-
-
-def make_logits_fn(encoder: AudioMAEEncoder, head: nn.Module, policy: InputPolicy
-                   ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """jit(fn(params, waveform [B, N], length [B]) → logits [B, C]) for evaluation (no augmentation, no masking).
-
-    policy.crop='centre': one T-frame input per clip. 'windows' (VoxCeleb): the mean of the logits over consecutive
-    T-frame windows, computed as the head of the mean window embedding (`embed.clip_embeddings`; the same number,
-    as the head is linear). Batches sharded over devices on their leading axis are split by XLA (GSPMD).
-    """
-    def logits(params: Any, waveform: jax.Array, length: jax.Array) -> jax.Array:
-        emb = clip_embeddings(encoder, {"params": params["encoder"]}, waveform, length, policy)
-        return head.apply({"params": params["head"]}, emb)
-
-    return jax.jit(logits)

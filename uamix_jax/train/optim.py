@@ -5,17 +5,16 @@ Every parameter gets exactly one label from the first rule whose regex matches i
 - any other label: AdamW (decoupled decay on matrices only) with the shared warmup + cosine schedule, then the
   label's lr scale. Applying the scale after AdamW gives PyTorch param-group semantics: update = −s·lr·(adam + wd·p).
 
-Stage 1 (head only) and stage 2 (top half + head, scale 0.65^(L−i) for block i of L) are two rule lists.
+Stage 1 (head only) and stage 2 (top half + head, scale 0.65^(L−i) for block i of L) are two rule lists; fine-tuning
+decays every block; pretraining trains everything as one group. The learning-rate schedule is `uamix_jax.schedules`.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import optax
 from absl import logging
 from flax import traverse_util
@@ -29,6 +28,19 @@ class Group:
 
     lr_scale: float
     weight_decay: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Groups:
+    """A task's optimizer groups: `rules` label every parameter path (first full regex match wins; FROZEN freezes),
+    `groups` give each trained label its lr scale and weight decay."""
+
+    rules: tuple[tuple[str, str], ...]
+    groups: dict[str, Group]
+
+    @property
+    def scales(self) -> dict[str, float]:
+        return {label: g.lr_scale for label, g in self.groups.items()}
 
 
 def param_paths(params: Any) -> dict[str, Any]:
@@ -102,19 +114,6 @@ def finetune_rules(depth: int, layer_decay: float) -> tuple[list[tuple[str, str]
     scales.update({f"block_{i:02d}": layer_decay ** (depth - i) for i in range(depth)})
     scales.update(encoder_norm=1.0, head=1.0)
     return rules, scales
-
-
-def warmup_cosine(peak: float, total_steps: int, warmup_steps: int) -> optax.Schedule:
-    """MAE-CT's schedule: peak·(s+1)/(W+1) for s < W, then peak·½(1 + cos(π (s−W)/C)), C = total − W."""
-    cosine_steps = max(total_steps - warmup_steps, 1)
-
-    def schedule(step: jax.Array) -> jax.Array:
-        s = jnp.asarray(step, jnp.float32)
-        warm = peak * (s + 1.0) / (warmup_steps + 1.0)
-        cos = peak * 0.5 * (1.0 + jnp.cos(math.pi * (s - warmup_steps) / cosine_steps))
-        return jnp.where(s < warmup_steps, warm, cos)
-
-    return schedule
 
 
 def decay_mask(params: Any) -> Any:

@@ -1,4 +1,4 @@
-"""One uaMix-MAE training step, written per device (axis 'data') and run as jit(shard_map(...)) over a 1-D mesh.
+"""One uaMix-MAE tuning step, written per device (axis 'data') and run as jit(shard_map(...)) over a 1-D mesh.
 
 waveform → Kaldi fbank → two augmented views → T-CutMix on the anchor view (fixed mix groups) → ViT encoder →
 pooled embedding → head (online projector + predictor; EMA projector in stage 2) → NN look-up in the queue → soft
@@ -16,8 +16,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import optax
 
 from uamix_jax.audio.augment import make_views
 from uamix_jax.audio.features import waveform_to_fbank
@@ -27,15 +26,17 @@ from uamix_jax.objectives.losses import soft_nnclr_loss, soft_targets
 from uamix_jax.objectives.mixing import mix_groups
 from uamix_jax.objectives.neighbours import nearest_neighbour_with_index
 from uamix_jax.objectives.queue import update_queue
+from uamix_jax.sharding import AXIS
 from uamix_jax.train.optim import merge_trainable, split_trainable
 from uamix_jax.train.state import TrainState, ema_update
 
-AXIS = "data"
+Batch = dict[str, jax.Array]
+Step = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
 
 
 @dataclasses.dataclass(frozen=True)
-class StepOptions:
-    """Static (hashable) options of the step; built once from the config by the loop."""
+class TuneOptions:
+    """Static (hashable) options of the tuning step; built once from the config (`uamix_jax.train.tune`)."""
 
     stage: int
     target_length: int
@@ -69,9 +70,7 @@ def _ema_project(head: NNCLRHead, params: Any, stats: Any, emb: jax.Array) -> ja
     return jax.lax.stop_gradient(z)
 
 
-def make_train_step(
-    encoder: AudioMAEEncoder, head: NNCLRHead, options: StepOptions, trainable: Any
-) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+def make_tune_step(encoder: AudioMAEEncoder, head: NNCLRHead, options: TuneOptions, trainable: Any) -> Step:
     """The per-device step(state, batch, key) → (state, metrics); call it inside shard_map over axis 'data'.
 
     `trainable`: the params tree of bools saying which leaves train (`optim.trainable_mask(labels)`); only those
@@ -151,36 +150,12 @@ def make_train_step(
         known = (batch["label"] >= 0) & (nn_label >= 0)
         hits = jax.lax.psum(jnp.sum(known & (nn_label == batch["label"])), AXIS)
         counted = jax.lax.psum(jnp.sum(known), AXIS)
-        grad_sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
         metrics = {
             "loss": loss,
             "nn_accuracy": jnp.where(counted > 0, hits / jnp.maximum(counted, 1), jnp.nan),
-            "grad_norm": jnp.sqrt(grad_sq),
+            "grad_norm": optax.tree.norm(grads),
             "lam_mean": jax.lax.pmean(jnp.mean(lam), AXIS),
         }
         return new_state, metrics
 
     return step
-
-
-def data_mesh(devices: Any = None) -> Mesh:
-    """The 1-D mesh ('data',) over all (or the given) devices, in jax.devices() order."""
-    return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
-
-
-def shard_train_step(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
-    """jit(shard_map(step)): state and key replicated, batch rows split over 'data', state donated."""
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()))
-    return jax.jit(sharded, donate_argnums=(0,) if donate else ())
-
-
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles each process's local rows into global arrays sharded on their leading axis."""
-    sharding = NamedSharding(mesh, P(AXIS))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Host values (the same on every process) → global arrays replicated over the mesh (multi-host safe)."""
-    sharding = NamedSharding(mesh, P())
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
