@@ -10,8 +10,10 @@ Mapping (reference/audiomae.md §2-3), torch name → Flax path under 'params':
     pos_embed [1, 1 + n, D]                      → verified against the generated table, not stored
     dropped: mask_token, decoder_* (pretrained), head.* (fine-tuned)
 
-The format is detected from the keys (`norm` + decoder → pretrained, pooling 'norm_mean'; `fc_norm` + head →
-fine-tuned, pooling 'fc_norm') and the size from the shapes.
+The format is detected from the keys (`norm`, with or without the decoder → 'pretrained', pooling 'norm_mean';
+`fc_norm`, with or without `head` → 'finetuned', pooling 'fc_norm': AudioMAE's fine-tuned files and timm's
+`global_pool='avg'` copies) and the size from the shapes. Files are read by `weights_io.read_state_dict`
+(PyTorch files of any name, `.safetensors`, `hf-hub:ORG/NAME[@REVISION]`).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uamix_jax.interop.torch_io import CheckpointError, load_pth
+from uamix_jax.interop.torch_io import CheckpointError
+from uamix_jax.interop.weights_io import read_state_dict
 from uamix_jax.models.posemb import PRETRAIN_LENGTH, positional_table
 from uamix_jax.models.vit import VIT_SIZES, AudioMAEEncoder
 
@@ -46,24 +49,28 @@ _NORMS = ("norm1", "norm2")
 
 
 def _is_dropped(key: str, fmt: str) -> bool:
-    if fmt == "pretrained":
-        return key == "mask_token" or key.startswith("decoder_")
-    return key.startswith("head.")
+    """Keys the encoder does not use: any classifier `head`, and the pretraining decoder of a `norm` file."""
+    if key.startswith("head."):
+        return True
+    return fmt == "pretrained" and (key == "mask_token" or key.startswith("decoder_"))
 
 
 def _detect_format(keys: set[str], source: str) -> str:
+    """'pretrained' (final `norm`) or 'finetuned' (final `fc_norm`); a `head` may come with either."""
     pretrained = {k for k in keys if k.startswith(("norm.", "decoder_")) or k == "mask_token"}
-    finetuned = {k for k in keys if k.startswith(("fc_norm.", "head."))}
+    finetuned = {k for k in keys if k.startswith("fc_norm.")}
     if not any(m in keys for m in _ENCODER_MARKERS) and not any(_BLOCK_KEY.match(k) for k in keys):
         sample = ", ".join(sorted(keys)[:8]) + (", ..." if len(keys) > 8 else "")
         raise CheckpointError(
             f"{source}: not an AudioMAE ViT state dict: none of {', '.join(_ENCODER_MARKERS)} or blocks.N.* is "
-            f"present ({len(keys)} keys: {sample}). Pass AudioMAE's pretrained.pth or finetuned.pth")
+            f"present ({len(keys)} keys: {sample}). Pass AudioMAE's pretrained.pth or finetuned.pth, or a timm "
+            f"copy of them")
     if pretrained and finetuned:
         raise CheckpointError(
             f"{source}: mixes the pretrained format ({', '.join(sorted(pretrained)[:3])}) with the fine-tuned "
-            f"format ({', '.join(sorted(finetuned)[:3])}); an AudioMAE file has either `norm` + decoder or "
-            f"`fc_norm` + `head`, not both")
+            f"format ({', '.join(sorted(finetuned)[:3])}); a ViT state dict has one final LayerNorm: `norm` "
+            f"(AudioMAE's pretrained files, timm's fc_norm=False) or `fc_norm` (AudioMAE's fine-tuned files, timm's "
+            f"global_pool='avg'), not both")
     if finetuned:
         return "finetuned"
     if pretrained:
@@ -200,7 +207,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, num_heads: int | None =
     cannot be read from shapes: it defaults to the named size with that width, else width / 64). Verifies
     `pos_embed` against the generated table. Returns `(variables, info)`; `info` holds format, model_size, width,
     depth, num_heads, mlp_dim, patch_size, num_mel_bins, target_length, pooling, checkpoint_posemb, source_file,
-    dropped_keys, num_classes (fine-tuned) and num_params. Raises `CheckpointError` naming every missing, unexpected or
+    dropped_keys, num_classes (when a `head` was dropped) and num_params. Raises `CheckpointError` naming every missing, unexpected or
     mis-shaped key with expected vs found shape.
     """
     state = {str(k): np.asarray(v) for k, v in state_dict.items()}
@@ -235,7 +242,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, num_heads: int | None =
         "checkpoint_posemb": checkpoint_posemb, "dropped_keys": dropped,
         "num_params": int(sum(a.size for a in jax.tree.leaves(params))),
     }
-    if fmt == "finetuned":
+    if "head.weight" in state:
         info["num_classes"] = int(np.shape(state["head.weight"])[0])
     return {"params": params}, info
 
@@ -338,7 +345,11 @@ def load_converted(directory: str | os.PathLike) -> tuple[dict, dict]:
 def load_audiomae(path: str | os.PathLike, *, target_length: int | None = None, posemb: str | None = None,
                   dtype: Any = jnp.float32, num_heads: int | None = None,
                   attention: str = "auto") -> tuple[AudioMAEEncoder, dict]:
-    """Loads an AudioMAE encoder from a `.pth` file (either format, AudioMAE's or an export) or a converted directory.
+    """Loads an AudioMAE encoder from a weights file, a hub name or a converted directory.
+
+    `path`: a PyTorch file of any name (`.pth`, `.pt`, `.bin`; AudioMAE's, timm's or an export; weights bare or under
+    `model` / `state_dict`), a `.safetensors` file, `hf-hub:ORG/NAME[@REVISION]` (`weights_io`), or a directory
+    written by `save_converted`.
 
     Returns `(encoder, variables)`; `encoder.apply(variables, fbank)` with fbank [B, T, 128] (normalised) gives
     `(tokens [B, 1 + 8·T/16, D], embedding [B, D])`. By default the encoder is the one the checkpoint was trained
@@ -351,7 +362,8 @@ def load_audiomae(path: str | os.PathLike, *, target_length: int | None = None, 
     if os.path.isdir(path):
         variables, info = load_converted(path)
     else:
-        variables, info = convert_state_dict(load_pth(path), num_heads=num_heads, source=path)
+        state, source = read_state_dict(path)
+        variables, info = convert_state_dict(state, num_heads=num_heads, source=source)
     own = own_posemb(info["target_length"], info["checkpoint_posemb"])
     t, policy = resolve_input(info["target_length"], own, target_length, posemb, path)
     encoder = encoder_from_info(info, target_length=t, posemb=policy, dtype=dtype, attention=attention)
