@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from uamix_jax.interop.torch_io import CheckpointError
@@ -162,13 +163,24 @@ def _natural(key: str) -> list[Any]:
 
 
 def _check_pos_embed(stored: np.ndarray, dims: Mapping[str, int], source: str) -> str:
-    """Returns the policy whose generated table equals the stored one ('audiomae' first); raises otherwise."""
+    """Returns the policy whose generated table equals the stored one ('audiomae' first); raises otherwise.
+
+    A table stored in half precision (every value exactly a bfloat16 or float16, as in a checkpoint saved in that
+    dtype) is compared with the generated table rounded the same way (float32, then the half dtype)."""
     t, d = dims["target_length"], dims["width"]
     kw = dict(num_mel_bins=dims["num_mel_bins"], patch_size=dims["patch_size"])
-    stored = np.asarray(stored, np.float64)[0]
-    candidates = [("audiomae", positional_table(d, t, policy="audiomae", **kw))]
+    stored32 = np.asarray(stored, np.float32)[0]
+    half = next((h for h in (ml_dtypes.bfloat16, np.float16)
+                 if np.array_equal(stored32.astype(h).astype(np.float32), stored32)), None)
+
+    def rounded(table: np.ndarray) -> np.ndarray:
+        table = table.astype(np.float32)
+        return (table if half is None else table.astype(half)).astype(np.float64)
+
+    stored = stored32.astype(np.float64)
+    candidates = [("audiomae", rounded(positional_table(d, t, policy="audiomae", **kw)))]
     if t <= PRETRAIN_LENGTH:
-        candidates.append(("prefix", positional_table(d, t, policy="prefix", **kw)))
+        candidates.append(("prefix", rounded(positional_table(d, t, policy="prefix", **kw))))
     diffs = []
     for policy, table in candidates:
         diff = np.abs(stored - table)

@@ -130,10 +130,10 @@ def resolve_hub_name(name: str) -> str:
     Raises CheckpointError naming the hub name when neither file can be had (not in the cache while offline, no
     such repository or revision, neither file in it).
     """
+    repo_id, revision = parse_hub_name(name)
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    repo_id, revision = parse_hub_name(name)
     problems = []
     path = None
     for filename in HUB_FILES:
@@ -152,7 +152,7 @@ def resolve_hub_name(name: str) -> str:
         raise CheckpointError(f"{name}: neither {' nor '.join(HUB_FILES)} of {repo_id}"
                               f"{'@' + revision if revision else ''} is in {where}{offline} "
                               f"({'; '.join(problems)}); download it once with network access "
-                              f"(huggingface-cli download {repo_id}) or pass a local file")
+                              f"(`hf download {repo_id}`, or any load with HF_HUB_OFFLINE unset) or pass a local file")
     try:
         config_path = hf_hub_download(repo_id, "config.json", revision=revision)
         with open(config_path, encoding="utf-8") as f:
