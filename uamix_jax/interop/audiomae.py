@@ -219,8 +219,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, num_heads: int | None =
     cannot be read from shapes: it defaults to the named size with that width, else width / 64). Verifies
     `pos_embed` against the generated table. Returns `(variables, info)`; `info` holds format, model_size, width,
     depth, num_heads, mlp_dim, patch_size, num_mel_bins, target_length, pooling, checkpoint_posemb, source_file,
-    dropped_keys, num_classes (when a `head` was dropped) and num_params. Raises `CheckpointError` naming every missing, unexpected or
-    mis-shaped key with expected vs found shape.
+    dropped_keys, num_classes (when a `head` was dropped) and num_params. Raises `CheckpointError` naming every
+    missing, unexpected or mis-shaped key with expected vs found shape.
     """
     state = {str(k): np.asarray(v) for k, v in state_dict.items()}
     fmt = _detect_format(set(state), source)

@@ -117,7 +117,8 @@ def load_pth(path: str | os.PathLike, *, extra_safe_globals: Iterable[Any] = ())
     arrays (see `state_dict_from_object`).
 
     Accepts AudioMAE's full `save_model` dict (`model`, `optimizer`, `epoch`, `scaler`, `args`), a dict with the
-    weights under `state_dict`, or a bare state dict. Raises `CheckpointError` naming the file for a missing, truncated, non-torch or non-state-dict file.
+    weights under `state_dict`, or a bare state dict. Raises `CheckpointError` naming the file for a missing,
+    truncated, non-torch or non-state-dict file.
     """
     path = os.fspath(path)
     return state_dict_from_object(load_pth_object(path, extra_safe_globals=extra_safe_globals), path)

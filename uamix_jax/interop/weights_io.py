@@ -4,8 +4,9 @@
     read_state_dict("model.safetensors")                                 # no pickle, no torch; bf16 read exactly
     read_state_dict("hf-hub:gaunernst/vit_base_patch16_1024_128.audiomae_as2m")   # [@REVISION]
 
-Each returns `(state_dict, source)`: name → numpy array (bfloat16 and float16 widened to float32, exactly), and a description of where it came from for messages and `info['source_file']`. The key layout (AudioMAE
-or timm: `norm` or `fc_norm`, with or without `head`, with or without the decoder) is `convert_state_dict`'s business.
+Each returns `(state_dict, source)`: name → numpy array (bfloat16 and float16 widened to float32, exactly), and a
+description of where it came from for messages and `info['source_file']`. The key layout (AudioMAE or timm: `norm`
+or `fc_norm`, with or without `head`, with or without the decoder) is `convert_state_dict`'s business.
 
 A hub name resolves through `huggingface_hub.hf_hub_download`, so its cache serves it offline (`HF_HUB_OFFLINE=1`)
 once downloaded: `model.safetensors` first, then `pytorch_model.bin`. When the repository's `config.json` gives a
@@ -96,7 +97,7 @@ def save_safetensors(path: str | os.PathLike, state_dict: Mapping[str, np.ndarra
 
     path = os.path.abspath(os.fspath(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tensors = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+    tensors = {k: np.array(v, order="C") for k, v in state_dict.items()}  # (ascontiguousarray makes 0-d 1-d)
     save_file(tensors, path, metadata={"format": "pt", **dict(metadata or {})})
     return path
 
