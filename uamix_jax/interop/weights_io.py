@@ -44,9 +44,9 @@ def is_hub_name(path: Any) -> bool:
 def parse_hub_name(name: str) -> tuple[str, str | None]:
     """`hf-hub:ORG/NAME[@REVISION]` → (repo_id 'ORG/NAME', revision or None). Raises CheckpointError otherwise."""
     body = name[len(HUB_PREFIX):] if is_hub_name(name) else name
-    repo_id, _, revision = body.partition("@")
+    repo_id, at, revision = body.partition("@")
     parts = repo_id.split("/")
-    if len(parts) != 2 or not all(parts) or (_ and not revision):
+    if len(parts) != 2 or not all(parts) or (at and not revision):
         raise CheckpointError(f"{name}: not a hub name; write {HUB_PREFIX}ORG/NAME or {HUB_PREFIX}ORG/NAME@REVISION "
                               f"(a branch, tag or commit hash)")
     return repo_id, revision or None
