@@ -8,7 +8,7 @@ Mapping (reference/audiomae.md §2-3), torch name → Flax path under 'params':
     <layernorm>.weight / .bias                   → <layernorm>/scale / bias
     cls_token [1, 1, D]                          → cls_token
     pos_embed [1, 1 + n, D]                      → verified against the generated table, not stored
-    dropped: mask_token, decoder_* (pretrained), head.* (fine-tuned)
+    dropped: mask_token, decoder_* (pretrained), head.* (either format)
 
 The format is detected from the keys (`norm`, with or without the decoder → 'pretrained', pooling 'norm_mean';
 `fc_norm`, with or without `head` → 'finetuned', pooling 'fc_norm': AudioMAE's fine-tuned files and timm's
