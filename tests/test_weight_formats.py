@@ -183,6 +183,15 @@ def test_exporter_writes_safetensors_that_timm_layout_loads_strictly(files, tmp_
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     with pytest.raises(ValueError, match="file_format must be one of"):
         ex.save_export(tmp_path / "x.npz", state, {}, file_format="npz")
+    # a timm fc_norm file without a head goes back as it came, no --encoder-only needed
+    timm_file = files["fc_norm_no_head"]
+    back = ex.export_source(save_converted(tmp_path / "fc", *convert_state_dict(read_state_dict(timm_file)[0])))
+    original = torch.load(timm_file, map_location="cpu", weights_only=True)
+    assert back.left_out == [] and set(back.state_dict) == set(original)
+    ta.TimmViT(**DIMS, target_length=T, fc_norm=True).load_state_dict(
+        {k: torch.from_numpy(v) for k, v in back.state_dict.items()}, strict=True)
+    for key in set(original) - {"pos_embed"}:
+        np.testing.assert_array_equal(back.state_dict[key], original[key].numpy(), err_msg=key)
 
 
 _HUB_SCRIPT = r"""
