@@ -28,6 +28,8 @@ setup(
         "scikit-learn>=1.4",  # mAP, t-SNE
         "tensorboardX>=2.6",  # TensorBoard event files
         "mido>=1.3",  # benchmarks/offline_audio.py writes the MIDI that fluidsynth renders
+        "safetensors>=0.4",  # .safetensors weights, read and written without torch (bfloat16 via ml_dtypes)
+        "huggingface_hub>=0.26",  # hf-hub:ORG/NAME weights through the hub's cache
     ],
     extras_require={
         # Reading AudioMAE's .pth files. `pip install torch==2.13.0` first to take a CPU build.

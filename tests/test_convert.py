@@ -169,10 +169,10 @@ def test_wrong_shape_is_named_with_expected_and_found(tiny_state):
 
 def test_unexpected_key_is_named(tiny_state):
     tiny_state["blocks.0.attn.rel_pos"] = np.zeros((3, 3), np.float32)
-    tiny_state["head.weight"] = np.zeros((5, 32), np.float32)
+    tiny_state["fc_norm.weight"] = np.zeros(32, np.float32)
     with pytest.raises(CheckpointError, match=r"mixes the pretrained format .* fine-tuned format"):
         convert_state_dict(tiny_state)
-    del tiny_state["head.weight"]
+    del tiny_state["fc_norm.weight"]
     with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): blocks\.0\.attn\.rel_pos \[3, 3\]"):
         convert_state_dict(tiny_state)
 

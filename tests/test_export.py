@@ -176,6 +176,21 @@ def test_exported_head_loads_into_torch_and_agrees_in_training_mode(tuned):
         assert np.abs(np.asarray(flax_out) - torch_out).max() <= TOL
 
 
+def test_safetensors_head_export_loads_strictly(tuned, tmp_path):
+    """--format safetensors writes the head too: 0-d num_batches_tracked stays 0-d, so strict loading works."""
+    from safetensors.torch import load_file
+
+    head_state = ex.nnclr_head_state_dict({**tuned["state"], "step": np.asarray(7)}, global_batch=N_BATCH)
+    path = ex.save_export(tmp_path / "head.safetensors", head_state, {"kind": "nnclr_head"},
+                          file_format="safetensors")
+    loaded = load_file(path)
+    tracked = loaded["projector.1.num_batches_tracked"]
+    assert tracked.shape == () and int(tracked) == 14
+    ta.NNCLRHeadTorch(32, 128, 32, 128, ema=True).load_state_dict(loaded, strict=True)
+    for key, value in head_state.items():
+        np.testing.assert_array_equal(loaded[key].numpy(), value, err_msg=key)
+
+
 def test_head_running_variance_follows_the_documented_approximation(tuned):
     """The same batches through a PyTorch head from a fresh state: its running_var equals the export's
     var·n/(n−1) less the initial value's residual momentumᵏ·(n/(n−1) − 1) (models/head.py), exactly."""

@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
-"""Convert an AudioMAE PyTorch checkpoint (pretrained.pth or finetuned.pth) into a uamix-jax encoder directory.
+"""Convert AudioMAE weights (AudioMAE's or timm's; a PyTorch file, .safetensors, or a hub name) into a uamix-jax
+encoder directory.
 
     python tools/convert_audiomae.py --input ckpt/pretrained.pth --output ckpt/audiomae_as2m [--check]
+    python tools/convert_audiomae.py --input hf-hub:gaunernst/vit_base_patch16_1024_128.audiomae_as2m --output DIR
+
+--input: a PyTorch file of any name (.pth, .pt, .bin; weights bare or under 'model' / 'state_dict'), a .safetensors
+file, or hf-hub:ORG/NAME[@REVISION] (the Hugging Face cache; offline once downloaded). Key layouts: `norm` or
+`fc_norm`, with or without `head`, with or without AudioMAE's decoder (docs/interop.md).
 
 Writes OUTPUT/variables (orbax checkpoint of the Flax encoder variables) and OUTPUT/audiomae.json (model size,
 dims, pooling, format, source file, keys dropped). Load it with `uamix_jax.load_audiomae(OUTPUT)`.
@@ -28,11 +34,13 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="convert_audiomae.py",
-        description="Convert an AudioMAE .pth checkpoint (pretrained or fine-tuned format, with or without the "
-                    "'model' wrapper) into a Flax/orbax encoder directory for uamix-jax.",
+        description="Convert AudioMAE weights (AudioMAE's or timm's key layout; .pth/.pt/.bin, .safetensors or "
+                    "hf-hub:ORG/NAME[@REVISION]) into a Flax/orbax encoder directory for uamix-jax.",
         epilog="Example: python tools/convert_audiomae.py --input pretrained.pth --output audiomae_as2m --check",
     )
-    parser.add_argument("--input", required=True, help="AudioMAE checkpoint (.pth) as written by AudioMAE's save_model")
+    parser.add_argument("--input", required=True,
+                        help="AudioMAE weights: .pth/.pt/.bin (bare, or under 'model' / 'state_dict'), .safetensors, "
+                             "or hf-hub:ORG/NAME[@REVISION]")
     parser.add_argument("--output", required=True, help="directory to write (variables/ + audiomae.json)")
     parser.add_argument("--check", action="store_true",
                         help="run the PyTorch reference and the converted Flax encoder on the same random input "
@@ -77,13 +85,13 @@ def _check(state_dict: dict, output: str, info: dict, batch: int, seed: int) -> 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     from uamix_jax.interop.audiomae import CheckpointError, convert_state_dict, save_converted
-    from uamix_jax.interop.torch_io import load_pth
+    from uamix_jax.interop.weights_io import read_state_dict
 
     try:
         start = time.perf_counter()
         _say(f"reading {args.input} ...")
-        state_dict = load_pth(args.input)
-        variables, info = convert_state_dict(state_dict, num_heads=args.num_heads, source=args.input)
+        state_dict, source = read_state_dict(args.input)
+        variables, info = convert_state_dict(state_dict, num_heads=args.num_heads, source=source)
         dropped = info["dropped_keys"]
         _say(f"found AudioMAE {info['format']} checkpoint: ViT-{info['model_size']} (width {info['width']}, depth "
              f"{info['depth']}, heads {info['num_heads']}, mlp {info['mlp_dim']}), input [T={info['target_length']}, "

@@ -2,8 +2,10 @@
 """Export a uamix-jax encoder (converted directory or training workdir) to AudioMAE's PyTorch format.
 
     python tools/export_audiomae.py --input W2 --output W2_audiomae.pth [--check] [--encoder-only] [--head head.pth]
+                                    [--format pth|safetensors]
 
-Writes `{'model': state_dict, 'uamix_jax': metadata}` (AudioMAE's 'model' wrapper), `pos_embed` included, by what
+Writes `{'model': state_dict, 'uamix_jax': metadata}` (AudioMAE's 'model' wrapper; with `--format safetensors` the
+same keys at the top level of a .safetensors file, metadata as JSON in its header), `pos_embed` included, by what
 the source holds (docs/interop.md): an encoder with `norm` (converted pretrained directory, stage-1/2 workdir) loads
 with strict=True into timm's VisionTransformer(img_size=(T, 128), patch_size=16, in_chans=1, num_classes=0,
 global_pool='avg', fc_norm=False); a pretraining workdir adds AudioMAE's plain decoder; a fine-tuning workdir writes
@@ -33,7 +35,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     "fine-tuning workdir) as an AudioMAE-format PyTorch checkpoint.",
         epilog="Example: python tools/export_audiomae.py --input W2 --output W2.pth --check --head W2_head.pth")
     parser.add_argument("--input", required=True, help="converted AudioMAE directory or training workdir")
-    parser.add_argument("--output", required=True, help="the .pth file to write")
+    parser.add_argument("--output", required=True, help="the .pth (or .safetensors) file to write")
+    parser.add_argument("--format", choices=("pth", "safetensors"), default=None,
+                        help="file format (default: safetensors when --output ends with .safetensors, else pth); "
+                             "--head is written in the same format")
     parser.add_argument("--encoder-only", action="store_true",
                         help="leave out the decoder (pretraining) or classifier head (fine-tuning), listing them")
     parser.add_argument("--head", default="",
@@ -72,12 +77,13 @@ def _head(args: argparse.Namespace, export, say) -> None:
             "pred_hidden_dim": head.get("pred_hidden_dim"), "bn_global_batch": n,
             "target_projector": any(k.startswith("target_projector.") for k in state),
             "step": export.meta.get("step")}
-    out = save_export(args.head, state, meta)
+    out = save_export(args.head, state, meta, file_format=args.format)
     say(f"wrote the NNCLR head ({len(state)} entries; running_var = var · {n}/{n - 1}) to {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    args.format = args.format or ("safetensors" if args.output.endswith(".safetensors") else "pth")
     from uamix_jax.interop.export import check_export, export_source, save_export
     from uamix_jax.interop.torch_io import CheckpointError
 
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.encoder_only:
             _say(f"--encoder-only: left out {len(export.left_out)} keys"
                  + (f": {', '.join(export.left_out)}" if export.left_out else " (the source has only the encoder)"))
-        out = save_export(args.output, export.state_dict, export.meta)
+        out = save_export(args.output, export.state_dict, export.meta, file_format=args.format)
         _say(f"wrote {len(export.state_dict)} keys to {out} ({time.perf_counter() - start:.1f} s); loads with "
              f"strict=True into {export.target}")
         if args.head:

@@ -1,4 +1,5 @@
-"""`load_encoder(path)`: the encoder of a converted AudioMAE directory, an AudioMAE `.pth`, or a training workdir.
+"""`load_encoder(path)`: the encoder of a converted AudioMAE directory, an AudioMAE/timm weights file (`.pth`, `.pt`,
+`.bin`, `.safetensors`), an `hf-hub:ORG/NAME[@REVISION]` name, or a training workdir.
 
     encoder, variables = load_encoder(path)            # (AudioMAEEncoder, {'params': ...})
     tokens, embedding = encoder.apply(variables, fbank)  # fbank [B, T, 128] normalised
@@ -24,7 +25,10 @@ from uamix_jax.interop.workdir import (CHECKPOINT_DIR, CONFIG_FILE, assign_tree,
 from uamix_jax.models.posemb import PRETRAIN_LENGTH
 from uamix_jax.models.vit import AudioMAEEncoder
 
-__all__ = ["load_encoder", "random_encoder", "encoder_from", "LoadedEncoder"]
+__all__ = ["load_encoder", "random_encoder", "encoder_from", "LoadedEncoder", "ACCEPTED"]
+
+ACCEPTED = ("a converted AudioMAE directory (tools/convert_audiomae.py), an AudioMAE or timm weights file (.pth, .pt, "
+            ".bin, .safetensors), hf-hub:ORG/NAME[@REVISION], or a training workdir")
 
 
 def _load_workdir(path: str, target_length: int | None, posemb: str | None, dtype: Any,
@@ -49,7 +53,8 @@ def _load_workdir(path: str, target_length: int | None, posemb: str | None, dtyp
 
 def load_encoder(path: str | os.PathLike, *, target_length: int | None = None, posemb: str | None = None,
                  dtype: Any = jnp.float32, attention: str = "auto") -> tuple[AudioMAEEncoder, dict]:
-    """(encoder, variables) of a converted AudioMAE directory, an AudioMAE `.pth`, or a training workdir.
+    """(encoder, variables) of a converted AudioMAE directory, a weights file (`.pth`/`.pt`/`.bin`/`.safetensors`),
+    an `hf-hub:ORG/NAME[@REVISION]` name (`uamix_jax.interop.weights_io`), or a training workdir.
 
     `encoder.apply(variables, fbank [B, T, 128])` → (tokens [B, 1 + 8T/16, D], embedding [B, D]).
     target_length / posemb: None (default) builds the encoder the checkpoint was trained with (its own T and
@@ -57,14 +62,17 @@ def load_encoder(path: str | os.PathLike, *, target_length: int | None = None, p
     dtype (parameters stay float32). attention: `AudioMAEEncoder.attention`. A random init is not loaded here.
     """
     if path is None or not os.fspath(path):
-        raise ValueError("load_encoder needs a path (converted AudioMAE dir, .pth file or training workdir); "
-                         "an empty init_from means a random init, which the caller builds itself")
+        raise ValueError(f"load_encoder needs a path ({ACCEPTED}); an empty init_from means a random init, which "
+                         f"the caller builds itself")
+    from uamix_jax.interop.audiomae import INFO_FILE, load_audiomae
+    from uamix_jax.interop.weights_io import is_hub_name
+
+    if is_hub_name(os.fspath(path)):
+        return load_audiomae(os.fspath(path), target_length=target_length, posemb=posemb, dtype=dtype,
+                             attention=attention)
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
-        raise FileNotFoundError(f"encoder path {path} does not exist; pass a converted AudioMAE directory "
-                                f"(tools/convert_audiomae.py), an AudioMAE .pth, or a training workdir")
-    from uamix_jax.interop.audiomae import INFO_FILE, load_audiomae
-
+        raise FileNotFoundError(f"encoder path {path} does not exist; pass {ACCEPTED}")
     if os.path.isfile(path) or os.path.isfile(os.path.join(path, INFO_FILE)):
         return load_audiomae(path, target_length=target_length, posemb=posemb, dtype=dtype, attention=attention)
     if is_training_workdir(path):

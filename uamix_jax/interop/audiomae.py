@@ -8,10 +8,12 @@ Mapping (reference/audiomae.md §2-3), torch name → Flax path under 'params':
     <layernorm>.weight / .bias                   → <layernorm>/scale / bias
     cls_token [1, 1, D]                          → cls_token
     pos_embed [1, 1 + n, D]                      → verified against the generated table, not stored
-    dropped: mask_token, decoder_* (pretrained), head.* (fine-tuned)
+    dropped: mask_token, decoder_* (pretrained), head.* (either format)
 
-The format is detected from the keys (`norm` + decoder → pretrained, pooling 'norm_mean'; `fc_norm` + head →
-fine-tuned, pooling 'fc_norm') and the size from the shapes.
+The format is detected from the keys (`norm`, with or without the decoder → 'pretrained', pooling 'norm_mean';
+`fc_norm`, with or without `head` → 'finetuned', pooling 'fc_norm': AudioMAE's fine-tuned files and timm's
+`global_pool='avg'` copies) and the size from the shapes. Files are read by `weights_io.read_state_dict`
+(PyTorch files of any name, `.safetensors`, `hf-hub:ORG/NAME[@REVISION]`).
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
-from uamix_jax.interop.torch_io import CheckpointError, load_pth
+from uamix_jax.interop.torch_io import CheckpointError
+from uamix_jax.interop.weights_io import read_state_dict
 from uamix_jax.models.posemb import PRETRAIN_LENGTH, positional_table
 from uamix_jax.models.vit import VIT_SIZES, AudioMAEEncoder
 
@@ -46,24 +50,28 @@ _NORMS = ("norm1", "norm2")
 
 
 def _is_dropped(key: str, fmt: str) -> bool:
-    if fmt == "pretrained":
-        return key == "mask_token" or key.startswith("decoder_")
-    return key.startswith("head.")
+    """Keys the encoder does not use: any classifier `head`, and the pretraining decoder of a `norm` file."""
+    if key.startswith("head."):
+        return True
+    return fmt == "pretrained" and (key == "mask_token" or key.startswith("decoder_"))
 
 
 def _detect_format(keys: set[str], source: str) -> str:
+    """'pretrained' (final `norm`) or 'finetuned' (final `fc_norm`); a `head` may come with either."""
     pretrained = {k for k in keys if k.startswith(("norm.", "decoder_")) or k == "mask_token"}
-    finetuned = {k for k in keys if k.startswith(("fc_norm.", "head."))}
+    finetuned = {k for k in keys if k.startswith("fc_norm.")}
     if not any(m in keys for m in _ENCODER_MARKERS) and not any(_BLOCK_KEY.match(k) for k in keys):
         sample = ", ".join(sorted(keys)[:8]) + (", ..." if len(keys) > 8 else "")
         raise CheckpointError(
             f"{source}: not an AudioMAE ViT state dict: none of {', '.join(_ENCODER_MARKERS)} or blocks.N.* is "
-            f"present ({len(keys)} keys: {sample}). Pass AudioMAE's pretrained.pth or finetuned.pth")
+            f"present ({len(keys)} keys: {sample}). Pass AudioMAE's pretrained.pth or finetuned.pth, or a timm "
+            f"copy of them")
     if pretrained and finetuned:
         raise CheckpointError(
             f"{source}: mixes the pretrained format ({', '.join(sorted(pretrained)[:3])}) with the fine-tuned "
-            f"format ({', '.join(sorted(finetuned)[:3])}); an AudioMAE file has either `norm` + decoder or "
-            f"`fc_norm` + `head`, not both")
+            f"format ({', '.join(sorted(finetuned)[:3])}); a ViT state dict has one final LayerNorm: `norm` "
+            f"(AudioMAE's pretrained files, timm's fc_norm=False) or `fc_norm` (AudioMAE's fine-tuned files, timm's "
+            f"global_pool='avg'), not both")
     if finetuned:
         return "finetuned"
     if pretrained:
@@ -155,13 +163,24 @@ def _natural(key: str) -> list[Any]:
 
 
 def _check_pos_embed(stored: np.ndarray, dims: Mapping[str, int], source: str) -> str:
-    """Returns the policy whose generated table equals the stored one ('audiomae' first); raises otherwise."""
+    """Returns the policy whose generated table equals the stored one ('audiomae' first); raises otherwise.
+
+    A table stored in half precision (every value exactly a bfloat16 or float16, as in a checkpoint saved in that
+    dtype) is compared with the generated table rounded the same way (float32, then the half dtype)."""
     t, d = dims["target_length"], dims["width"]
     kw = dict(num_mel_bins=dims["num_mel_bins"], patch_size=dims["patch_size"])
-    stored = np.asarray(stored, np.float64)[0]
-    candidates = [("audiomae", positional_table(d, t, policy="audiomae", **kw))]
+    stored32 = np.asarray(stored, np.float32)[0]
+    half = next((h for h in (ml_dtypes.bfloat16, np.float16)
+                 if np.array_equal(stored32.astype(h).astype(np.float32), stored32)), None)
+
+    def rounded(table: np.ndarray) -> np.ndarray:
+        table = table.astype(np.float32)
+        return (table if half is None else table.astype(half)).astype(np.float64)
+
+    stored = stored32.astype(np.float64)
+    candidates = [("audiomae", rounded(positional_table(d, t, policy="audiomae", **kw)))]
     if t <= PRETRAIN_LENGTH:
-        candidates.append(("prefix", positional_table(d, t, policy="prefix", **kw)))
+        candidates.append(("prefix", rounded(positional_table(d, t, policy="prefix", **kw))))
     diffs = []
     for policy, table in candidates:
         diff = np.abs(stored - table)
@@ -200,8 +219,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, num_heads: int | None =
     cannot be read from shapes: it defaults to the named size with that width, else width / 64). Verifies
     `pos_embed` against the generated table. Returns `(variables, info)`; `info` holds format, model_size, width,
     depth, num_heads, mlp_dim, patch_size, num_mel_bins, target_length, pooling, checkpoint_posemb, source_file,
-    dropped_keys, num_classes (fine-tuned) and num_params. Raises `CheckpointError` naming every missing, unexpected or
-    mis-shaped key with expected vs found shape.
+    dropped_keys, num_classes (when a `head` was dropped) and num_params. Raises `CheckpointError` naming every
+    missing, unexpected or mis-shaped key with expected vs found shape.
     """
     state = {str(k): np.asarray(v) for k, v in state_dict.items()}
     fmt = _detect_format(set(state), source)
@@ -235,7 +254,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, num_heads: int | None =
         "checkpoint_posemb": checkpoint_posemb, "dropped_keys": dropped,
         "num_params": int(sum(a.size for a in jax.tree.leaves(params))),
     }
-    if fmt == "finetuned":
+    if "head.weight" in state:
         info["num_classes"] = int(np.shape(state["head.weight"])[0])
     return {"params": params}, info
 
@@ -338,7 +357,11 @@ def load_converted(directory: str | os.PathLike) -> tuple[dict, dict]:
 def load_audiomae(path: str | os.PathLike, *, target_length: int | None = None, posemb: str | None = None,
                   dtype: Any = jnp.float32, num_heads: int | None = None,
                   attention: str = "auto") -> tuple[AudioMAEEncoder, dict]:
-    """Loads an AudioMAE encoder from a `.pth` file (either format, AudioMAE's or an export) or a converted directory.
+    """Loads an AudioMAE encoder from a weights file, a hub name or a converted directory.
+
+    `path`: a PyTorch file of any name (`.pth`, `.pt`, `.bin`; AudioMAE's, timm's or an export; weights bare or under
+    `model` / `state_dict`), a `.safetensors` file, `hf-hub:ORG/NAME[@REVISION]` (`weights_io`), or a directory
+    written by `save_converted`.
 
     Returns `(encoder, variables)`; `encoder.apply(variables, fbank)` with fbank [B, T, 128] (normalised) gives
     `(tokens [B, 1 + 8·T/16, D], embedding [B, D])`. By default the encoder is the one the checkpoint was trained
@@ -351,7 +374,8 @@ def load_audiomae(path: str | os.PathLike, *, target_length: int | None = None, 
     if os.path.isdir(path):
         variables, info = load_converted(path)
     else:
-        variables, info = convert_state_dict(load_pth(path), num_heads=num_heads, source=path)
+        state, source = read_state_dict(path)
+        variables, info = convert_state_dict(state, num_heads=num_heads, source=source)
     own = own_posemb(info["target_length"], info["checkpoint_posemb"])
     t, policy = resolve_input(info["target_length"], own, target_length, posemb, path)
     encoder = encoder_from_info(info, target_length=t, posemb=policy, dtype=dtype, attention=attention)

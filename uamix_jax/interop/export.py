@@ -19,10 +19,12 @@ What is written depends on what the source holds (`export_source`):
   AudioMAE's fine-tuning `VisionTransformer`.
 Parts a target lacks (decoder, classifier head) are left out only with `encoder_only`, which lists them.
 The NNCLR head of a tuning workdir goes to its own file (`nnclr_head_state_dict`; key names in docs/interop.md).
+`save_export` writes a `.pth` (AudioMAE's `{'model': ...}` wrapper) or a `.safetensors` file (the same keys, unwrapped).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -41,7 +43,7 @@ from uamix_jax.models.posemb import positional_table
 from uamix_jax.models.vit import VIT_SIZES, AudioMAEEncoder
 
 __all__ = ["Export", "flax_to_torch", "encoder_state_dict", "export_source", "nnclr_head_state_dict",
-           "save_export", "check_export", "EXPORT_KEY"]
+           "save_export", "check_export", "EXPORT_KEY", "EXPORT_FORMATS"]
 
 EXPORT_KEY = "uamix_jax"  # the metadata entry beside 'model' in a written file (plain JSON values)
 _REPEATED = re.compile(r"^(blocks|decoder_blocks)_(\d+)$")
@@ -134,7 +136,7 @@ class _Source:
 
 def _read_converted(path: str, encoder_only: bool) -> _Source:
     variables, info = load_converted(path)
-    if info["format"] == "finetuned" and not encoder_only:
+    if info["format"] == "finetuned" and "num_classes" in info and not encoder_only:
         raise CheckpointError(
             f"{path}: a converted fine-tuned checkpoint holds fc_norm but no classifier head (the converter drops "
             f"head.*), so AudioMAE's fine-tuning VisionTransformer cannot load it; pass --encoder-only "
@@ -276,8 +278,20 @@ def nnclr_head_state_dict(saved: Mapping[str, Any], *, global_batch: int) -> dic
     return out
 
 
-def save_export(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
-    """torch.save({'model': state_dict (torch tensors), 'uamix_jax': meta}) — AudioMAE's 'model' wrapper."""
+EXPORT_FORMATS = ("pth", "safetensors")
+
+
+def save_export(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], meta: Mapping[str, Any], *,
+                file_format: str = "pth") -> str:
+    """Writes the export. 'pth': torch.save({'model': state_dict (torch tensors), 'uamix_jax': meta}), AudioMAE's
+    'model' wrapper; 'safetensors': the same keys and arrays at the top level of a `.safetensors` file, `meta` as
+    JSON in its header (`{'format': 'pt', 'uamix_jax': json}`). Returns the absolute path."""
+    if file_format not in EXPORT_FORMATS:
+        raise ValueError(f"save_export: file_format must be one of {EXPORT_FORMATS}, got {file_format!r}")
+    if file_format == "safetensors":
+        from uamix_jax.interop.weights_io import save_safetensors
+
+        return save_safetensors(path, state_dict, {EXPORT_KEY: json.dumps(dict(meta), default=str)})
     import torch
 
     path = os.path.abspath(os.fspath(path))
@@ -297,10 +311,10 @@ def check_export(path: str | os.PathLike, export: Export, *, batch: int = 2, see
 
     from uamix_jax.interop.audiomae import convert_state_dict
     from uamix_jax.interop.torch_audiomae import reference_from_state_dict, timm_reference
-    from uamix_jax.interop.torch_io import load_pth
+    from uamix_jax.interop.weights_io import read_state_dict
 
     path = os.fspath(path)
-    state = load_pth(path)
+    state, _ = read_state_dict(path)
     _, info = convert_state_dict(state, num_heads=export.encoder.num_heads, source=path)
     if "head.weight" in state:  # AudioMAE's fine-tuning VisionTransformer
         model = reference_from_state_dict(state, info)

@@ -347,11 +347,14 @@ def timm_reference(state_dict: dict, info: dict) -> TimmViT:
 
 
 def reference_from_state_dict(state_dict: dict, info: dict) -> nn.Module:
-    """Builds the torch reference described by a converter `info` dict and loads `state_dict` into it strictly."""
+    """Builds the torch reference described by a converter `info` dict and loads `state_dict` into it strictly:
+    AudioMAE's `VisionTransformer` (fc_norm + head) or `MaskedAutoencoderViT` (norm), else `TimmViT`."""
     dims = dict(width=info["width"], depth=info["depth"], num_heads=info["num_heads"], mlp_dim=info["mlp_dim"],
                 patch_size=info["patch_size"], target_length=info["target_length"],
                 num_mel_bins=info["num_mel_bins"])
     state = {k: torch.as_tensor(v) for k, v in state_dict.items()}
+    if (info["format"] == "finetuned") != ("head.weight" in state):  # timm's layouts: fc_norm alone, norm + head
+        return timm_reference(state_dict, info)
     if info["format"] == "finetuned":
         model: nn.Module = VisionTransformer(**dims, num_classes=int(state["head.weight"].shape[0]))
     else:

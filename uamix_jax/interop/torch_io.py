@@ -1,4 +1,4 @@
-"""Safe reading of PyTorch `.pth` checkpoints (AudioMAE's `save_model` dicts or bare state dicts).
+"""Safe reading of PyTorch checkpoints (AudioMAE's `save_model` dicts, `state_dict` wrappers, bare state dicts).
 
 `torch.load(weights_only=True)` only rebuilds tensors, containers and primitives. AudioMAE's files also hold
 `args`, an `argparse.Namespace`, which that mode refuses; we allow-list exactly the classes such files contain
@@ -89,29 +89,36 @@ def _to_numpy(torch: Any, path: str, key: str, value: Any) -> np.ndarray:
     return value.numpy()
 
 
-def state_dict_from_object(obj: Any, path: str = "<checkpoint>") -> dict[str, np.ndarray]:
-    """The model state dict of a loaded checkpoint: `obj['model']` (AudioMAE's save_model) or `obj` itself.
+WRAPPER_KEYS = ("model", "state_dict")  # where training scripts put the weights: AudioMAE's save_model, Lightning
 
-    Returns name → numpy array (floating tensors as float32). Raises `CheckpointError` when neither form fits.
+
+def state_dict_from_object(obj: Any, path: str = "<checkpoint>") -> dict[str, np.ndarray]:
+    """The model state dict of a loaded checkpoint: `obj['model']` (AudioMAE's save_model), `obj['state_dict']`, or
+    `obj` itself (a bare state dict of tensors, as timm's `pytorch_model.bin`).
+
+    Returns name → numpy array (floating tensors as float32). Raises `CheckpointError` when no form fits.
     """
     torch = _import_torch(path)
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        state = obj["model"]
+    wrapper = next((k for k in WRAPPER_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)), None)
+    if wrapper is not None:
+        state = obj[wrapper]
     elif isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         state = obj
     else:
-        found = sorted(obj)[:12] if isinstance(obj, Mapping) else type(obj).__name__
+        found = sorted(map(str, obj))[:12] if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(
-            f"{path}: expected an AudioMAE checkpoint (a dict with the weights under 'model', as save_model "
-            f"writes) or a bare state dict of tensors; found {found}")
+            f"{path}: expected an AudioMAE checkpoint (a dict with the weights under 'model' or 'state_dict') or "
+            f"a bare state dict of tensors; found {found}")
     return {str(k): _to_numpy(torch, path, str(k), v) for k, v in state.items()}
 
 
 def load_pth(path: str | os.PathLike, *, extra_safe_globals: Iterable[Any] = ()) -> dict[str, np.ndarray]:
-    """Reads a `.pth` file safely and returns its model state dict as numpy arrays (see `state_dict_from_object`).
+    """Reads a PyTorch file (`.pth`, `.pt`, `.bin`: any name) safely and returns its model state dict as numpy
+    arrays (see `state_dict_from_object`).
 
-    Accepts AudioMAE's full `save_model` dict (`model`, `optimizer`, `epoch`, `scaler`, `args`) or a bare state
-    dict. Raises `CheckpointError` naming the file for a missing, truncated, non-torch or non-state-dict file.
+    Accepts AudioMAE's full `save_model` dict (`model`, `optimizer`, `epoch`, `scaler`, `args`), a dict with the
+    weights under `state_dict`, or a bare state dict. Raises `CheckpointError` naming the file for a missing,
+    truncated, non-torch or non-state-dict file.
     """
     path = os.fspath(path)
     return state_dict_from_object(load_pth_object(path, extra_safe_globals=extra_safe_globals), path)
