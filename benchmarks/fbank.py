@@ -8,7 +8,7 @@ compilation, from the numpy batch to a ready device array (block_until_ready). k
 prepared outside the timer (its fastest input path) to a numpy array per clip. Each figure is the best of --repeats,
 with the repeats of all contenders interleaved. knf runs in one thread, so a second knf figure uses one worker
 process per CPU core (data parallel, start-up excluded).
-The last line is the ratio against single-process knf at 80 bins, the figure the issue's target (>= 2x) refers to.
+The last line is the ratio against single-process knf at 80 bins, the figure the target (>= 2x) refers to.
 """
 from __future__ import annotations
 

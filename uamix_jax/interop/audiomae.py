@@ -1,6 +1,6 @@
 """AudioMAE checkpoint → Flax variables: the key mapping, converted-directory storage, and `load_audiomae`.
 
-Mapping (reference/audiomae.md §2-3), torch name → Flax path under 'params':
+Mapping (docs/method.md, "Checkpoint conversion"), torch name → Flax path under 'params':
 
     patch_embed.proj.weight [D, 1, p, p] (OIHW)  → patch_embed/proj/kernel [p, p, 1, D] (HWIO, transpose 2,3,1,0)
     <linear>.weight [out, in]                    → <linear>/kernel [in, out] (transpose); biases as they are
@@ -261,7 +261,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, num_heads: int | None =
 
 def own_posemb(target_length: int, checkpoint_posemb: str) -> str:
     """The policy that reproduces a checkpoint's own table: 'prefix' at T = 1024 (there both policies give AudioMAE's
-    table, and 'prefix' keeps those codes on shorter inputs, SPEC's default), else the policy its table matched."""
+    table, and 'prefix', the default for frozen use, keeps those codes on shorter inputs), else the policy its table
+    matched (docs/method.md, "Positional tables")."""
     return "prefix" if target_length == PRETRAIN_LENGTH else checkpoint_posemb
 
 

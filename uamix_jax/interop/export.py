@@ -1,6 +1,6 @@
 """uamix-jax → AudioMAE's PyTorch format: the inverse of `convert_state_dict`, and MAE-CT-style NNCLR heads.
 
-Flax path (under params) → torch key, value (reference/audiomae.md §2-3 read backwards):
+Flax path (under params) → torch key, value (docs/method.md, "Checkpoint conversion", read backwards):
 
     patch_embed/proj/kernel [p, p, 1, D] (HWIO)  → patch_embed.proj.weight [D, 1, p, p] (OIHW, transpose 3,2,0,1)
     <dense>/kernel [in, out]                     → <dense>.weight [out, in] (transpose; qkv stays fused q | k | v)

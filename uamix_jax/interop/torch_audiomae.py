@@ -1,6 +1,6 @@
 """A PyTorch reference of AudioMAE's ViT encoder, written with torch alone, with AudioMAE's module and state-dict names.
 
-Two models, mirroring facebookresearch/AudioMAE (reference/audiomae.md §1-2):
+Two models, mirroring facebookresearch/AudioMAE (docs/method.md, "The encoder" and "Checkpoint conversion"):
 - `MaskedAutoencoderViT`: the pretraining model's encoder (`patch_embed`, `cls_token`, `pos_embed`, `blocks.i`,
   `norm`) plus parameter-only placeholders for `mask_token` and the Swin decoder (`decoder_embed`,
   `decoder_pos_embed`, `decoder_blocks.j`, `decoder_norm`, `decoder_pred`) with the released keys and shapes, so a
@@ -252,7 +252,7 @@ def _bn_mlp(sizes: list[int], *, last_bn: bool) -> nn.Sequential:
 
 
 class NNCLRHeadTorch(nn.Module):
-    """MAE-CT's NNCLR head (reference/mae_ct_nnclr.md §1) as PyTorch Sequentials, keyed as the export writes it.
+    """MAE-CT's NNCLR head (docs/method.md, "The NNCLR head") as PyTorch Sequentials, keyed as the export writes it.
 
     projector: 0 Linear(D, 2048) · 1 BN · 2 ReLU · 3 Linear(2048, 2048) · 4 BN · 5 ReLU · 6 Linear(2048, 256)
                · 7 BN
