@@ -227,3 +227,31 @@ def test_random_encoder_is_seeded():
     leaves = lambda v: np.concatenate([np.ravel(x) for x in jax.tree.leaves(v)])  # noqa: E731
     np.testing.assert_array_equal(leaves(v1), leaves(v2))
     assert not np.array_equal(leaves(v1), leaves(v3))
+
+
+def test_a_workdir_saved_on_eight_devices_loads_on_one(tmp_path):
+    """A run saved from a multi-device job (here 8 fake CPU devices, the state replicated over them as the trainer
+    holds it) loads with load_encoder in a process that has a single device (a laptop after a TPU run)."""
+    import subprocess
+    import sys
+
+    from uamix_jax.sharding import data_mesh, replicate
+    from uamix_jax.train.checkpoint import Checkpointer
+
+    encoder = AudioMAEEncoder.from_size("test", target_length=128)
+    params = encoder.init(jax.random.key(4), jnp.zeros((1, 128, 128)))["params"]
+    state = replicate({"step": np.asarray(3), "params": {"encoder": params}}, data_mesh())
+    assert len(jax.tree.leaves(state)[0].sharding.device_set) == 8
+    ckpt = Checkpointer(str(tmp_path / "w"), async_save=False)
+    ckpt.save(3, state, force=True)
+    ckpt.close()
+    with open(tmp_path / "w" / "config.json", "w") as f:
+        json.dump({"model": {"size": "test", "target_length": 128, "pooling": "norm_mean", "posemb": "prefix"}}, f)
+    np.save(tmp_path / "cls.npy", np.asarray(params["cls_token"]))
+    code = ("import jax, numpy as np; from uamix_jax.evaluation.encoders import load_encoder\n"
+            f"_, v = load_encoder({str(tmp_path / 'w')!r}); assert jax.device_count() == 1\n"
+            f"np.testing.assert_array_equal(v['params']['cls_token'], np.load({str(tmp_path / 'cls.npy')!r}))\n"
+            "print('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

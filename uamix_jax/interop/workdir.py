@@ -105,12 +105,19 @@ def restore_state_dict(workdir: str | os.PathLike, step: int | None = None) -> d
         step = steps[-1]
     elif step not in steps:
         raise FileNotFoundError(f"{ckpt_dir} has no finished checkpoint of step {step}; it has {steps}")
-    checkpointer = ocp.StandardCheckpointer()
+    path = os.path.join(ckpt_dir, str(step), "state")
+    # Restored as numpy arrays on the host, whatever devices wrote the checkpoint: a run saved from 8 TPU cores loads
+    # on a laptop (orbax would otherwise place every array on the devices recorded in its metadata, and refuse when
+    # they do not exist here), and nothing is copied to an accelerator.
+    checkpointer = ocp.PyTreeCheckpointer()
     try:
-        restored = checkpointer.restore(os.path.join(ckpt_dir, str(step), "state"))
+        metadata = checkpointer.metadata(path)
+        tree = getattr(metadata, "item_metadata", metadata)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        restored = checkpointer.restore(path, restore_args=restore_args)
     finally:
         checkpointer.close()
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), dict(restored))
+    return jax.tree.map(np.asarray, dict(restored))
 
 
 def _flat(tree: Any) -> dict[str, Any]:
