@@ -52,7 +52,7 @@ import soxr
 from tqdm import tqdm
 
 SAMPLE_RATE = 16000
-VERSION = 3  # bump when the rendering changes, so an old DIR is rebuilt
+VERSION = 4  # bump when the rendering changes, so an old DIR is rebuilt
 
 SOUNDFONTS = {"fluidr3": "/usr/share/sounds/sf2/FluidR3_GM.sf2", "timgm6mb": "/usr/share/sounds/sf2/TimGM6mb.sf2"}
 RECORDINGS = ("/usr/share/sounds/freedesktop/stereo/*.oga", "/usr/share/sounds/deepin/stereo/*.wav",
@@ -76,7 +76,7 @@ TUNING_WORDS = tuple("""apple river mountain window garden yellow purple happy q
 summer winter letter number silver golden market station bridge forest ocean island valley village city street
 engine paper pencil music basket candle doctor teacher father mother sister brother friend people animal horse
 rabbit tiger monkey orange lemon tomato potato butter bread cheese coffee water kitchen bottle button camera
-picture story answer question simple gentle purple always never maybe often slowly softly loudly bright dark warm
+picture story answer question simple gentle velvet always never maybe often slowly softly loudly bright dark warm
 cold heavy light little great early late quiet busy empty full round square silent careful wonderful remember
 travel borrow listen follow open close carry wonder whisper gather measure build paint write read sing dance
 swim climb jump walk""".split())

@@ -1,12 +1,14 @@
-"""benchmarks/replicate.py end to end at its toy size, and its log-mel baseline against a numpy oracle.
+"""benchmarks/replicate.py: stage identity, the dev/test class split, the report's pieces, and the toy run end to end.
 
 The toy run: an unlabelled nested folder and two labelled `folder` sets synthesised here (uamix_jax.data.synthetic; no
-Debian package), a 4-block test ViT: MAE pretraining → stage 1 → stage 2 for T-CutMix and No-Mix → few-shot.
+Debian package), a 4-block test ViT: MAE pretraining → stage 1 → stage 2 for T-CutMix and No-Mix, two seeds →
+2-way few-shot on the test halves of the sets' classes.
 """
 import json
 import os
 import shutil
 import sys
+import time
 
 import jax
 import numpy as np
@@ -16,9 +18,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import replicate  # noqa: E402
+import replicate_report  # noqa: E402
 
 from uamix_jax.audio.features import normalize_fbank, waveform_to_fbank  # noqa: E402
-from uamix_jax.data.synthetic import make_demo_dataset  # noqa: E402
+from uamix_jax.data.layouts import class_halves, read_dataset  # noqa: E402
+from uamix_jax.data.synthetic import SYNTH_CLASSES, make_demo_dataset  # noqa: E402
 
 
 def _nest_unlabelled(src: str, dst: str) -> None:
@@ -35,44 +39,100 @@ def test_replicate_toy_end_to_end(tmp_path):
     make_demo_dataset(tmp_path / "corpus_flat", num_classes=4, clips_per_class=8, seconds=1.5, seed=1,
                       odd_formats=False)
     _nest_unlabelled(str(tmp_path / "corpus_flat"), str(tmp_path / "corpus"))
-    make_demo_dataset(tmp_path / "set_a", num_classes=6, clips_per_class=7, seconds=1.5, seed=2, odd_formats=False)
-    make_demo_dataset(tmp_path / "set_b", num_classes=5, clips_per_class=6, seconds=1.5, seed=3, odd_formats=False)
+    names = list(SYNTH_CLASSES)
+    make_demo_dataset(tmp_path / "set_a", classes=names[4:10], clips_per_class=6, seconds=1.5, seed=2,
+                      odd_formats=False)
+    make_demo_dataset(tmp_path / "set_b", classes=names[8:14], clips_per_class=6, seconds=1.5, seed=3,
+                      odd_formats=False)
     out = tmp_path / "out"
     argv = ["--out", str(out), "--toy", "--no-progress", "--unlabelled", str(tmp_path / "corpus"),
             "--eval", f"alpha={tmp_path / 'set_a'}", "--eval", f"beta={tmp_path / 'set_b'}",
-            "--variants", "t_cutmix,no_mix"]
+            "--variants", "t_cutmix,no_mix", "--seeds", "2"]
+    start = time.perf_counter()
     replicate.main(argv)
+    seconds = time.perf_counter() - start
 
     result = json.loads((out / "replicate.json").read_text())
-    encoders = list(replicate.ENCODER_NAMES[:4])
-    assert encoders == ["log-mel", "MAE", "uaMix-MAE (T-CutMix)", "No-Mix"]
-    keys = sorted((r["encoder"], r["eval"], r["ways"], r["shots"]) for r in result["rows"])
-    assert keys == sorted((e, s, 5, k) for e in encoders for s in ("alpha", "beta") for k in (1, 5))
-    for r in result["rows"]:
-        assert 0.0 <= r["accuracy_mean"] <= 100.0 and r["ci95"] >= 0.0 and 0.0 <= r["mean_unit_norm"] <= 1.0 + 1e-6
-    # log-mel features separate the demo's tone classes far above chance (20 %)
-    logmel = [r["accuracy_mean"] for r in result["rows"] if r["encoder"] == "log-mel"]
-    assert min(logmel) > 50.0, logmel
-    mae_dir = str(out / "mae")
-    for variant, method in (("t_cutmix", "t_cutmix"), ("no_mix", "none")):
-        s1 = json.loads((out / variant / "stage1" / "config.json").read_text())
-        s2 = json.loads((out / variant / "stage2" / "config.json").read_text())
-        assert s1["mix"]["method"] == method and s2["mix"]["method"] == method
-        assert s1["init_from"] == mae_dir
-        assert s2["init_from"] == str(out / variant / "stage1")
-        assert s1["model"]["size"] == s2["model"]["size"] == "test"
+    tuned = ["uaMix-MAE (T-CutMix)", "No-Mix"]
+    # a row per seed for the tuned encoders; the MAE and log-mel are trained once (seed None)
+    keys = sorted((r["encoder"], str(r["seed"]), r["eval"], r["shots"]) for r in result["rows"])
+    want = [(e, str(s), d, k) for e in tuned for s in (0, 1) for d in ("alpha", "beta") for k in (1, 2)]
+    want += [(e, "None", d, k) for e in ("log-mel", "MAE") for d in ("alpha", "beta") for k in (1, 2)]
+    assert keys == sorted(want)
+    # test classes only in the report, checked by name; dev + test = every class, disjoint
+    for name, root in (("alpha", tmp_path / "set_a"), ("beta", tmp_path / "set_b")):
+        halves = result["classes"][name]
+        every = read_dataset("folder", str(root)).class_names
+        assert sorted(halves["dev"] + halves["test"]) == sorted(every) and not set(halves["dev"]) & set(halves["test"])
+        for r in result["rows"]:
+            if r["eval"] == name:
+                assert r["classes"] == "test" and set(r["class_names"]) <= set(halves["test"]), r
+        # every encoder of a set and setting was scored on the same episodes
+        for shots in (1, 2):
+            hashes = {r["episodes_sha256"] for r in result["rows"] if (r["eval"], r["shots"]) == (name, shots)}
+            assert len(hashes) == 1
+    # deltas: each variant against the MAE, T-CutMix against No-Mix; per set and over the sets; both seeds pooled
+    pairs = sorted({(d["a"], d["b"]) for d in result["deltas"]})
+    assert pairs == sorted([(tuned[0], "MAE"), (tuned[1], "MAE"), (tuned[0], tuned[1])])
+    assert {d["eval"] for d in result["deltas"]} == {"alpha", "beta", "mean"}
+    assert all(d["seeds"] == [0, 1] and len(d["seed_means"]) == 2 for d in result["deltas"])
+    # learning curves: dev classes during MAE pretraining (every 2 of 4 steps) and each stage 2 (every step)
+    curves = {(c["encoder"], c["seed"]): c["points"] for c in result["curves"]}
+    assert [step for step, _ in curves[("MAE", None)]["alpha"]] == [2, 4]
+    assert [step for step, _ in curves[(tuned[0], 1)]["beta"]] == [1, 2]
+    for name in ("curves.png", "replicate.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "replicate.md").read_text()
-    assert "| uaMix-MAE (T-CutMix) |" in md and "alpha" in md and "beta" in md
-    assert (out / "replicate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| uaMix-MAE (T-CutMix) |" in md and "| Δ uaMix-MAE (T-CutMix) − MAE |" in md
     assert "pretrain_mae.py:test" in (out / "commands.sh").read_text()
+    assert seconds < 90, f"the toy run took {seconds:.0f} s"
 
     # a second run reuses every finished stage: the checkpoints are not touched
-    stamp = {p: os.path.getmtime(p) for p in out.glob("*/stage*/checkpoints/*")}
+    stamp = {p: os.path.getmtime(p) for p in out.glob("stages/*/checkpoints/*")}
     replicate.main(argv)
-    assert stamp and stamp == {p: os.path.getmtime(p) for p in out.glob("*/stage*/checkpoints/*")}
+    assert stamp and stamp == {p: os.path.getmtime(p) for p in out.glob("stages/*/checkpoints/*")}
     again = json.loads((out / "replicate.json").read_text())
     assert [r["accuracy_mean"] for r in again["rows"]] == [r["accuracy_mean"] for r in result["rows"]]
     assert all(v == 0.0 for k, v in again["timings"].items() if "stage" in k or k == "MAE pretraining")
+
+
+def test_stage_workdir_changes_with_every_setting_and_only_then(tmp_path):
+    budget = replicate.BUDGETS["toy"]
+    sets = {"alpha": str(tmp_path / "a")}
+    mae = replicate.mae_stage(str(tmp_path), budget, str(tmp_path / "corpus"), "data0", sets, True)
+    assert mae.workdir == replicate.mae_stage(str(tmp_path), budget, str(tmp_path / "corpus"), "data0", sets,
+                                              False).workdir  # progress bars change nothing
+    assert mae.workdir != replicate.mae_stage(str(tmp_path), budget, str(tmp_path / "corpus"), "data1", sets,
+                                              True).workdir  # other training data
+
+    def stage(**changes):
+        overrides = {"train.total_steps": 10, "optim.lr": 1e-3, "seed": 0, **changes.pop("overrides", {})}
+        return replicate.Stage("s", os.path.join(replicate.CONFIGS, "stage2.py"), overrides, str(tmp_path), "data0",
+                               changes.pop("parent", mae))
+
+    base = stage()
+    assert stage().workdir == base.workdir and base.workdir.startswith(str(tmp_path / "stages" / "s-"))
+    others = [stage(overrides={"optim.lr": 3e-4}), stage(overrides={"train.total_steps": 11}),
+              stage(overrides={"seed": 1}), stage(parent=stage(overrides={"seed": 2}))]
+    assert len({base.workdir, *(o.workdir for o in others)}) == 5
+    assert not base.done()  # no workdir yet
+    (tmp_path / "w").mkdir()
+    os.makedirs(os.path.join(base.workdir, "checkpoints", "3"))
+    assert not base.done()  # unfinished: it resumes
+
+
+def test_class_halves_are_deterministic_disjoint_and_cover_every_class():
+    names = [f"class_{i:02d}" for i in range(13)]
+    dev, test = class_halves(names)
+    assert (dev, test) == class_halves(list(reversed(names)))  # independent of the order a reader lists them
+    assert sorted(dev + test) == names and not set(dev) & set(test) and (len(dev), len(test)) == (7, 6)
+    assert dev != names[:7]  # mixed, not the alphabet cut in two
+
+
+def test_too_small_a_set_is_named(tmp_path):
+    make_demo_dataset(tmp_path / "tiny", num_classes=6, clips_per_class=2, seconds=0.5, odd_formats=False)
+    with pytest.raises(ValueError, match=r"--eval tiny=.*6 classes split into 3 dev and 3 test classes; 5-way"):
+        replicate.class_split({"tiny": str(tmp_path / "tiny")}, 5)
 
 
 def test_logmel_stats_matches_numpy_on_the_clip_frames():
@@ -84,9 +144,9 @@ def test_logmel_stats_matches_numpy_on_the_clip_frames():
         wave[i, :n] = rng.standard_normal(n) * 0.1
     fbank, n_valid = waveform_to_fbank(wave, lengths)
     fbank = np.asarray(fbank)[:, :t]  # 16000 samples = 98 frames: cropped to 64; the others padded with zeros
-    model = replicate.LogMelStats(t, stats)
+    model = replicate_report.LogMelStats(t, stats)
     with jax.default_matmul_precision("highest"):
-        _, emb = model.apply({}, normalize_fbank(fbank, *replicate.IDENTITY_STATS))
+        _, emb = model.apply({}, normalize_fbank(fbank, *replicate_report.IDENTITY_STATS))
     for i in range(3):
         frames = min(int(n_valid[i]), t)
         z = (fbank[i, :frames] - stats[0]) / (2 * stats[1])
@@ -95,22 +155,25 @@ def test_logmel_stats_matches_numpy_on_the_clip_frames():
     assert int(n_valid[2]) == 11 and emb.shape == (3, 256)
 
 
-def test_markdown_table_layout():
-    rows = [{"encoder": e, "eval": s, "ways": 5, "shots": k, "accuracy_mean": a, "ci95": 1.23}
-            for k in (1, 5) for e, a in (("log-mel", 40.0), ("MAE", 55.54)) for s in ("words", "speakers")]
-    md = replicate.markdown_table(rows)
-    assert "| encoder | words | speakers |" in md
-    assert "| MAE | 55.5 ± 1.2 | 55.5 ± 1.2 |" in md
-    assert md.count("| log-mel |") == 2 and "**5-way 5-shot**" in md
-
-
-def test_stage_done_only_at_its_own_final_step(tmp_path):
-    stage = replicate.Stage("s", "configs/stage1.py", {"train.total_steps": 5}, str(tmp_path / "w"))
-    assert not stage.done()  # no workdir yet
-    (tmp_path / "w" / "checkpoints" / "3").mkdir(parents=True)
-    assert not stage.done()  # unfinished: it resumes
-    (tmp_path / "w" / "checkpoints" / "5").mkdir()
-    assert stage.done()
-    (tmp_path / "w" / "checkpoints" / "8").mkdir()  # trained further under another budget
-    with pytest.raises(ValueError, match="another budget"):
-        stage.done()
+def test_deltas_and_table_from_known_scores():
+    """Deltas pool per-episode differences over sets and seeds exactly as paired_over_seeds does."""
+    rng = np.random.default_rng(0)
+    scores = {}
+    for e in ("MAE", "log-mel"):
+        for s in ("words", "speakers"):
+            scores[(e, None, s, 5, 1)] = rng.integers(0, 6, 50) / 5
+    for seed in (0, 1, 2):
+        for s in ("words", "speakers"):
+            scores[("uaMix-MAE (T-CutMix)", seed, s, 5, 1)] = np.clip(scores[("MAE", None, s, 5, 1)] + 0.2, 0, 1)
+    deltas = replicate_report.compute_deltas(scores, ["uaMix-MAE (T-CutMix)"], [0, 1, 2], ["words", "speakers"],
+                                             [(5, 1)])
+    mean = [d for d in deltas if d["eval"] == "mean"][0]
+    want = np.mean([100 * (scores[("uaMix-MAE (T-CutMix)", 0, s, 5, 1)] - scores[("MAE", None, s, 5, 1)]).mean()
+                    for s in ("words", "speakers")])
+    assert mean["mean"] == pytest.approx(want) and mean["ci95_low"] == pytest.approx(want)  # identical seeds: width 0
+    assert mean["losses"] == 0 and mean["wins"] + mean["ties"] == 3 * 100
+    rows = [{"encoder": e, "eval": s, "ways": 5, "shots": 1, "accuracy_mean": a, "ci95": 1.23}
+            for e, a in (("log-mel", 40.0), ("MAE", 55.54)) for s in ("words", "speakers")]
+    md = replicate_report.markdown_table(rows, deltas)
+    assert "| encoder | words | speakers | mean |" in md and "| MAE | 55.5 ± 1.2 | 55.5 ± 1.2 | 55.5 |" in md
+    assert "| Δ uaMix-MAE (T-CutMix) − MAE |" in md

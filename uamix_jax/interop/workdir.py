@@ -109,11 +109,12 @@ def restore_state_dict(workdir: str | os.PathLike, step: int | None = None) -> d
     # Restored as numpy arrays on the host, whatever devices wrote the checkpoint: a run saved from 8 TPU cores loads
     # on a laptop (orbax would otherwise place every array on the devices recorded in its metadata, and refuse when
     # they do not exist here), and nothing is copied to an accelerator.
+    from etils import epath
+
+    tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path))  # the array tree, read from the step folder
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(tree))
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        metadata = checkpointer.metadata(path)
-        tree = getattr(metadata, "item_metadata", metadata)
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         restored = checkpointer.restore(path, restore_args=restore_args)
     finally:
         checkpointer.close()
