@@ -74,3 +74,24 @@ def test_label_bad_audio_log_and_config_errors(data_root, tmp_path):
     with pytest.raises(ValueError, match="7-way 1-shot episodes need 7 classes"):
         PeriodicFewShot.from_config(too_many, encoder)
     assert os.path.basename(data_root) == "birds"
+
+
+def test_several_named_sets_and_their_dev_classes(data_root, tmp_path):
+    """root = NAME=FOLDER,NAME=FOLDER: one accuracy per set, each on the dev half of its classes only."""
+    from uamix_jax.data.layouts import class_halves
+
+    other = make_demo_dataset(tmp_path / "other", num_classes=8, clips_per_class=6, seconds=1.0, seed=5)
+    block = _block(f"first={data_root},second={other}", classes="dev")
+    block.fewshot.ways = 3
+    encoder, variables = random_encoder("test", target_length=T, seed=0)
+    evaluate = PeriodicFewShot.from_config(block, encoder)
+    assert list(evaluate.manifests) == ["first", "second"]
+    for name, root in (("first", data_root), ("second", other)):
+        manifest = evaluate.manifests[name]
+        dev, _ = class_halves(read_dataset("folder", str(root)).class_names)
+        assert sorted({manifest.class_names[c] for c in manifest.labels}) == dev
+    with jax.default_matmul_precision("highest"):
+        out = evaluate(variables["params"], 5)
+    assert set(out) == {f"fewshot/{n}/3way1shot{s}" for n in ("first", "second") for s in ("", "_ci95")}
+    with pytest.raises(ValueError, match="is not NAME=FOLDER"):
+        PeriodicFewShot.from_config(_block(f"first={data_root},={other}"), encoder)

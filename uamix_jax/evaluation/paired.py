@@ -20,6 +20,7 @@ With one seed there is no seed-level interval; the episode interval is reported 
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,12 @@ def _as_percent_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ValueError(f"paired accuracies must be two non-empty 1-D arrays of the same episodes, got shapes "
                          f"{a.shape} and {b.shape}")
     return a - b
+
+
+@functools.lru_cache(maxsize=64)
+def t_quantile(dof: int) -> float:
+    """t_{0.975, dof}, the two-sided 95 % quantile of Student's t (scipy.stats.t)."""
+    return float(stats.t.ppf(0.975, dof))
 
 
 def _counts(d: np.ndarray) -> dict[str, int]:
@@ -64,7 +71,7 @@ def paired_over_seeds(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> dict[
     n = len(diffs)
     mean = float(means.mean())
     if n > 1:
-        half = float(stats.t.ppf(0.975, n - 1)) * float(means.std(ddof=1)) / math.sqrt(n)
+        half = t_quantile(n - 1) * float(means.std(ddof=1)) / math.sqrt(n)
         low, high = mean - half, mean + half
     else:
         low, high = pooled["ci95_low"], pooled["ci95_high"]
