@@ -116,19 +116,26 @@ def test_hear_embeddings_resampled_unpadded_and_batched_by_length(tmp_path, mode
     assert [(list(i), w.shape) for i, w in batches.flush()] == [([1], (1, 6)), ([3], (1, 7))]
 
 
-def test_fewshot_scores_hear_module_and_npz_on_our_episodes(tmp_path, data_root, model_file, capsys):
-    """A random-init encoder, the tiny HEAR module and an .npz of the encoder's own embeddings: one episode hash;
-    the .npz row's per-episode accuracies equal the encoder's exactly; the HEAR row is the module's oracle."""
+def test_fewshot_scores_hear_modules_and_npz_on_our_episodes(tmp_path, data_root, model_file, capsys):
+    """Our encoder (an AudioMAE-keyed weights file), the tiny HEAR module, our encoder through our own HEAR module
+    and an .npz of our encoder's embeddings: one episode hash; the .npz row's per-episode accuracies equal the
+    encoder's exactly; the tiny module's row is its oracle's; our HEAR module gives our encoder's embeddings."""
+    from uamix_jax.evaluation.encoders import random_encoder
     from uamix_jax.evaluation.fewshot_main import run_fewshot
+    from uamix_jax.interop.export import encoder_state_dict, save_export
 
+    encoder, variables = random_encoder("test", target_length=128, seed=3)
+    weights = save_export(tmp_path / "enc.safetensors", encoder_state_dict(variables["params"], encoder), {},
+                          file_format="safetensors")
     config = load_config("fewshot", "test")
     config.data.root = data_root
-    config.compare = f"tiny=hear:{HEAR}@{model_file}"
+    config.init_from = f"ours={weights}"
+    config.compare = f"tiny=hear:{HEAR}@{model_file},viahear=hear:uamix_jax.hear@{weights}"
     out = tmp_path / "out"
     tiny_hear.CALLS.clear()
     rows = run_fewshot(config, str(out))
-    assert [r["label"] for r in rows] == ["random init (test)", "tiny"]
-    ours, hear = rows
+    assert [r["label"] for r in rows] == ["ours", "tiny", "viahear"]
+    ours, hear, via = rows
     assert hear["encoder"] == f"hear:{HEAR}@{model_file}" and hear["sample_rate"] == 8000
     assert tiny_hear.CALLS == [(8, 8000)] * 6  # 48 clips of 1 s, batches of eval.batch_size = 8
     tiny_hear.CALLS.clear()
@@ -140,6 +147,10 @@ def test_fewshot_scores_hear_module_and_npz_on_our_episodes(tmp_path, data_root,
     ref = evaluate_fewshot(hear_emb, manifest.labels, ways=5, shots=1, queries=5, episodes=100, seed=0)
     assert hear["accuracy_mean"] == pytest.approx(ref["accuracy_mean"], abs=1e-9)
     assert hear["accuracy_mean"] > 40.0  # the synthetic classes differ in spectrum: well above 20 % chance
+    # 1 s clips are shorter than T = 128 frames: one window, padded as our input policy pads
+    with np.load(ours["embeddings"]) as f, np.load(via["embeddings"]) as g:
+        np.testing.assert_allclose(g["embeddings"], f["embeddings"], atol=1e-5)
+        assert via["sample_rate"] == 16000
 
     # precomputed embeddings: our encoder's own, shuffled, with an extra id the dataset lacks
     with np.load(ours["embeddings"]) as f:
@@ -152,7 +163,7 @@ def test_fewshot_scores_hear_module_and_npz_on_our_episodes(tmp_path, data_root,
     again = run_fewshot(config, str(out))
     stdout = capsys.readouterr().out
     assert tiny_hear.CALLS == [] and stdout.count("embeddings reused from") == 2  # both caches hit
-    assert [r["label"] for r in again] == ["random init (test)", "tiny", "pre"]
+    assert [r["label"] for r in again] == ["ours", "tiny", "pre"]
     assert len({r["episodes_sha256"] for r in again}) == 1
     assert again[2]["episode_accuracy"] == again[0]["episode_accuracy"]
     assert again[2]["accuracy_mean"] == again[0]["accuracy_mean"] and again[2]["versus"]["ties"] == 100

@@ -31,10 +31,11 @@ An item without NAME is labelled by its path's base name ('': "random init (SIZE
 path as a whole, has no NAME even when it holds '=' (runs/lr=3e-4).
 
 Caches (in cache_dir, `embed.cache_or_compute`): our encoders' as `embed.cached_embeddings` keys them; a HEAR
-module's by the module (its name, `__version__` and its file's path, size and mtime), the model file (path, size and
-mtime of the file, or of every file under a directory; the text itself when it is no path, e.g. a hub name: its
-bytes are not hashed), the model's sample rate, the samples read per clip and the manifest's clips
-(`embed.manifest_fingerprint`). An npz: file is read as it is (its SHA-256 goes into the records).
+module's by the module (its name, `__version__`, and its file's path, size and mtime), the model file (its text and,
+when it is a path, the path, size and mtime of the file or of every file under a directory: the bytes are not
+hashed, so that a large checkpoint costs nothing to check), the model's sample rate, the samples read per clip and
+the manifest's clips (`embed.manifest_fingerprint`). An npz: file is read as it is (its SHA-256 goes into the
+records).
 """
 from __future__ import annotations
 
@@ -61,10 +62,10 @@ from uamix_jax.evaluation.fewshot_driver import Embedder, encoder_embedder
 from uamix_jax.models.precision import compute_dtype
 
 __all__ = ["EncoderSpec", "parse_spec", "parse_specs", "make_embedder", "npz_embedder", "read_npz_embeddings",
-           "hear_embedder", "hear_embeddings", "hear_cache_key", "SPEC_SYNTAX"]
+           "hear_embedder", "hear_embeddings", "hear_cache_key", "ENCODER_SYNTAX"]
 
-SPEC_SYNTAX = ("[NAME=]PATH (a converted AudioMAE directory, an AudioMAE/timm weights file, hf-hub:ORG/NAME, a "
-               "training workdir; '' = random init), [NAME=]hear:MODULE[@MODEL_FILE] or [NAME=]npz:FILE")
+ENCODER_SYNTAX = ("[NAME=]PATH (a converted AudioMAE directory, an AudioMAE/timm weights file, hf-hub:ORG/NAME, "
+                  "a training workdir; '' = random init), [NAME=]hear:MODULE[@MODEL_FILE] or [NAME=]npz:FILE")
 _PREFIXES = {"hear:": "hear", "npz:": "npz"}
 HEAR_FUNCTIONS = ("load_model", "get_scene_embeddings")
 
@@ -126,7 +127,7 @@ def parse_specs(items: Sequence[str], *, random_label: str = "random init") -> l
         out.append(spec)
     labels = [s.label for s in out]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"encoder labels must differ, got {labels}; name them as NAME=SOURCE ({SPEC_SYNTAX})")
+        raise ValueError(f"encoder labels must differ, got {labels}; name them as NAME=SOURCE ({ENCODER_SYNTAX})")
     return out
 
 
