@@ -246,6 +246,10 @@ def test_bad_npz_and_unknown_modules_are_named(tmp_path):
         sources.hear_embedder("m", "no_such_hear_module", clip_seconds=1.0, cache_dir=None)
     with pytest.raises(ValueError, match=r"hear:json \(.*\) has no load_model or get_scene_embeddings"):
         sources.hear_embedder("m", "json", clip_seconds=1.0, cache_dir=None)
+    absent = str(tmp_path / "absent.txt")
+    with pytest.raises(RuntimeError, match=re.escape(f"hear:{HEAR}@{absent}: {HEAR}.load_model({absent!r}) failed: "
+                                                     f"FileNotFoundError")):
+        sources.hear_embedder("m", HEAR, absent, clip_seconds=1.0, cache_dir=None)
 
 
 def test_hear_cache_key_follows_module_model_file_and_clips(tmp_path, model_file):

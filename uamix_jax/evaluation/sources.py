@@ -396,8 +396,12 @@ def hear_embedder(label: str, module_name: str, model_file: str = "", *, clip_se
     """The Embedder of an installed HEAR 2021 module: imported and its model loaded now (errors name the module),
     clips embedded by `hear_embeddings` behind the disk cache in cache_dir (None: no cache)."""
     module = _import_hear_module(module_name)
-    model = module.load_model(model_file)
     where = f"hear:{module_name}" + (f"@{model_file}" if model_file else "")
+    try:
+        model = module.load_model(model_file)
+    except Exception as err:  # noqa: BLE001 - the module's own error, with which module and file it came from
+        raise RuntimeError(f"{where}: {module_name}.load_model({model_file!r}) failed: {type(err).__name__}: "
+                           f"{err}") from err
     try:
         sample_rate = int(model.sample_rate)
     except (AttributeError, TypeError, ValueError) as err:
