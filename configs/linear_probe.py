@@ -6,11 +6,17 @@
         --config.data.root=/data/ESC-50-master                # 5-fold CV; --config.folds=1 for one fold
     python -m uamix_jax.main --config=configs/linear_probe.py:demo --workdir=/tmp/lp_demo
 
-ENC: anything `load_encoder` reads; '' probes a random init of model.size. The encoder stays frozen: its clip
-embeddings (the checkpoint's own pooling) are computed once and cached in W/embeddings/ (reused while encoder and
-inputs are unchanged, as by the few-shot command), then a BatchNorm without affine + linear layer is trained on them
-with AdamW (MAE's linear probe uses LARS, made for batch 16,384; see `uamix_jax.evaluation.linear_probe.train_probe`).
-Output: W/linear_probe/<dataset>.json (value = last epoch, best, best_epoch; folds: per_fold, std).
+ENC: an encoder spec as the few-shot command takes it (configs/fewshot.py), optionally NAME=ENC (NAME goes into the
+record as `label`): PATH (anything `load_encoder` reads; '' probes a random init of model.size),
+hear:MODULE[@MODEL_FILE] (any installed HEAR 2021 module's scene embeddings of each clip's centre of at most
+data.clip_seconds, at the module's sample rate) or npz:FILE (precomputed embeddings: clip_ids [M] as
+Manifest.clip_ids gives them, embeddings [M, D]). The encoder stays frozen: its clip embeddings (a checkpoint's own
+pooling) are computed once and cached in W/embeddings/ (reused while encoder and inputs are unchanged, as by the
+few-shot command), then a BatchNorm without affine + linear layer is trained on them with AdamW (MAE's linear probe
+uses LARS, made for batch 16,384; see `uamix_jax.evaluation.linear_probe.train_probe`). The train/test partitions
+depend on the dataset and config.seed only: every encoder is probed on the same ones (less clips it cannot read).
+Output: W/linear_probe/<dataset>.json (value = last epoch, best, best_epoch; folds: per_fold, std; label, encoder,
+embeddings), one per dataset: probe each encoder in its own W to keep every record.
 
 Presets give each dataset fine-tuning's input policy (configs/finetune.py: T, statistics, splits, metric) with the
 positional table of frozen use ('prefix', docs/method.md): audioset20k (T = 1024, AudioSet stats, balanced_train →

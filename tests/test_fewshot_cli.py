@@ -167,6 +167,6 @@ def test_init_from_and_compare_take_labels_and_paths_with_equals_signs(tmp_path)
     config.init_from = f"tuned={run}"
     config.compare = f"{run.parent}/lr=3e-4,plain="
     # the second item exists as a whole path: it is the same encoder as init_from, so its line is dropped
-    assert parse_encoders(config) == [("tuned", str(run)), ("plain", "")]
+    assert [(s.label, s.path) for s in parse_encoders(config)] == [("tuned", str(run)), ("plain", "")]
     config.init_from, config.compare = str(run), ""
-    assert parse_encoders(config) == [("lr=3e-4", str(run))]
+    assert [(s.label, s.path) for s in parse_encoders(config)] == [("lr=3e-4", str(run))]

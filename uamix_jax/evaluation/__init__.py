@@ -4,6 +4,9 @@
   fewshot.py       the jitted nearest-centroid evaluator over all episodes, mean ± 1.96·std/√E
   embed.py         clip embeddings under the few-shot input policy, batched and jitted, with the disk cache
   encoders.py      `load_encoder(path)` for converted AudioMAE dirs, .pth files and training workdirs
+  sources.py       encoder specs: our encoders, any HEAR 2021 module (hear:MODULE) or precomputed embeddings
+                   (npz:FILE) as the few-shot driver's embedders
+  fewshot_driver.py `score_fewshot`: every encoder on the same episodes
   plots.py         the Fig. 3-style PNG
   fewshot_main.py  `run_fewshot(config, workdir)`, the command behind configs/fewshot.py
   periodic.py      `PeriodicFewShot`: few-shot accuracy every fewshot.every training steps

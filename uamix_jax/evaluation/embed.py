@@ -9,8 +9,9 @@ Input policy (docs/method.md, "Few-shot evaluation"), `InputPolicy`:
 The waveform's mean is removed over the samples read (AudioMAE removes the whole file's mean; the difference is a
 DC offset of the cut-off part). Statistics: `stats` (AudioSet's for an AudioSet-pretrained encoder).
 
-Cache: `<cache_dir>/<key>.npz`, key = SHA-256 over (a hash of every parameter's bytes, the encoder's fields, the
-input policy, the manifest's name, paths and labels). Same key: loaded, the encoder is not run; anything changed:
+Cache (`cache_or_compute`, also the cache of HEAR modules' embeddings, `uamix_jax.evaluation.sources`):
+`<cache_dir>/<key>.npz`, key = SHA-256 over (a hash of every parameter's bytes, the encoder's fields, the input
+policy, the manifest's name, paths and labels). Same key: loaded, the encoder is not run; anything changed:
 recomputed. Batch size and worker count are not in the key: they do not change the numbers.
 """
 from __future__ import annotations
@@ -231,34 +232,53 @@ def embedding_cache_key(manifest: Manifest, encoder: AudioMAEEncoder, variables:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def cached_embeddings(manifest: Manifest, encoder: AudioMAEEncoder, variables: Any, *, policy: InputPolicy,
-                      cache_dir: str | os.PathLike, batch_size: int = 32, worker_count: int = 0,
-                      progress: bool = True, params_hash: str | None = None,
-                      bad_audio_log: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, str, bool]:
-    """`embed_manifest` behind the disk cache: (embeddings [M, D], valid [M], cache file, reused?).
+def cache_or_compute(manifest: Manifest, key: str, cache_dir: str | os.PathLike,
+                     compute: Callable[[], tuple[np.ndarray, np.ndarray]], *, width: int | None = None,
+                     meta: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray, str, bool]:
+    """The disk cache of every embedding source: (embeddings [M, D], valid [M], cache file, reused?).
 
-    `params_hash` skips re-hashing the weights when the caller already has `params_fingerprint(variables)`.
-    Clips that fail to load are listed in `bad_audio_log` (None: `<cache_dir>/bad_audio.txt`).
+    `<cache_dir>/<key[:32]>.npz` is loaded when it holds `key` and M rows (of `width` columns when given); otherwise
+    compute() → (embeddings float32 [M, D], valid bool [M]) is written there (atomically) with the manifest's labels
+    and paths, the key and `meta` (JSON strings describing the source). A truncated or foreign file is recomputed.
     """
-    key = embedding_cache_key(manifest, encoder, variables, policy, params_hash)
     cache_dir = os.fspath(cache_dir)
     path = os.path.join(cache_dir, f"{key[:32]}.npz")
     if os.path.isfile(path):
         try:
             with np.load(path) as f:
-                if str(f["key"]) == key and f["embeddings"].shape == (len(manifest), encoder.width):
+                emb = f["embeddings"]
+                if str(f["key"]) == key and emb.shape[0] == len(manifest) and width in (None, emb.shape[1]):
                     logging.info("embeddings of %s: reusing %s", manifest.name, path)
-                    return f["embeddings"], f["valid"], path, True
+                    return emb, f["valid"], path, True
         except (OSError, KeyError, ValueError) as err:  # a truncated or foreign file is rebuilt, not trusted
             logging.warning("embedding cache %s is unreadable (%s); recomputing", path, err)
-    emb, valid = embed_manifest(manifest, encoder, variables, policy=policy, batch_size=batch_size,
-                                worker_count=worker_count, progress=progress,
-                                bad_audio_log=bad_audio_log or os.path.join(cache_dir, "bad_audio.txt"))
+    emb, valid = compute()
+    chex.assert_shape(valid, (len(manifest),))
+    chex.assert_rank(emb, 2)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez(tmp, embeddings=emb, valid=valid, labels=manifest.labels, paths=np.array(manifest.paths.tolist()),
-             key=np.array(key), encoder=np.array(json.dumps(encoder_fields(encoder))),
-             policy=np.array(json.dumps(policy.to_dict())))
+             key=np.array(key), **{k: np.array(v) for k, v in (meta or {}).items()})
     os.replace(tmp, path)  # a crash mid-write never leaves a file that looks complete
     logging.info("embeddings of %s: wrote %s", manifest.name, path)
     return emb, valid, path, False
+
+
+def cached_embeddings(manifest: Manifest, encoder: AudioMAEEncoder, variables: Any, *, policy: InputPolicy,
+                      cache_dir: str | os.PathLike, batch_size: int = 32, worker_count: int = 0,
+                      progress: bool = True, params_hash: str | None = None,
+                      bad_audio_log: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, str, bool]:
+    """`embed_manifest` behind the disk cache (`cache_or_compute`): (embeddings [M, D], valid [M], cache file,
+    reused?).
+
+    `params_hash` skips re-hashing the weights when the caller already has `params_fingerprint(variables)`.
+    Clips that fail to load are listed in `bad_audio_log` (None: `<cache_dir>/bad_audio.txt`).
+    """
+    key = embedding_cache_key(manifest, encoder, variables, policy, params_hash)
+    log = bad_audio_log or os.path.join(os.fspath(cache_dir), "bad_audio.txt")
+    return cache_or_compute(
+        manifest, key, cache_dir,
+        lambda: embed_manifest(manifest, encoder, variables, policy=policy, batch_size=batch_size,
+                               worker_count=worker_count, progress=progress, bad_audio_log=log),
+        width=encoder.width,
+        meta={"encoder": json.dumps(encoder_fields(encoder)), "policy": json.dumps(policy.to_dict())})

@@ -1,10 +1,11 @@
 """`run_fewshot(config, workdir)`: the few-shot command (configs/fewshot.py), top to bottom.
 
-manifest (labelled clips of config.data) → the encoders (init_from, then config.compare), each loaded and embedded
-once (embeddings from the cache or computed) → every (N, K) setting: episodes sampled once and every encoder scored
-on them (`fewshot_driver.score_fewshot`) → a JSON per encoder and setting (with its per-episode accuracies and the
-episodes' hash) → with several encoders, the paired difference of each against the first
-(`paired.paired_difference`) → table on stdout → with `sweep` or several encoders, the Fig. 3-style PNG.
+manifest (labelled clips of config.data) → the encoders (init_from, then config.compare; our encoders, HEAR
+modules or precomputed embeddings, `sources`), each loaded and embedded once (embeddings from the cache or computed)
+→ every (N, K) setting: episodes sampled once and every encoder scored on them (`fewshot_driver.score_fewshot`) → a
+JSON per encoder and setting (with its per-episode accuracies and the episodes' hash) → with several encoders, the
+paired difference of each against the first (`paired.paired_difference`) → table on stdout → with `sweep` or
+several encoders, the Fig. 3-style PNG.
 """
 from __future__ import annotations
 
@@ -20,12 +21,11 @@ from absl import logging
 
 from uamix_jax.data.bad_audio import check_manifest
 from uamix_jax.data.layouts import dataset_label, read_configured_dataset
-from uamix_jax.evaluation.embed import InputPolicy
-from uamix_jax.evaluation.encoders import encoder_from
-from uamix_jax.evaluation.fewshot_driver import Embedder, FewShotResult, encoder_embedder, score_fewshot
+from uamix_jax.evaluation.fewshot_driver import Embedder, FewShotResult, score_fewshot
 from uamix_jax.evaluation.paired import paired_difference
 from uamix_jax.evaluation.plots import plot_fewshot_curves
-from uamix_jax.models.precision import check_precision, compute_dtype
+from uamix_jax.evaluation.sources import EncoderSpec, make_embedder, parse_specs
+from uamix_jax.models.precision import check_precision
 
 SWEEP_WAYS = (5, 10, 15, 20)
 SWEEP_SHOTS = (1, 5)
@@ -35,28 +35,12 @@ def _report(message: str) -> None:
     print(message, flush=True)
 
 
-def parse_encoders(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
-    """[(label, path)]: config.init_from first, then each item of config.compare, each `[label=]path`.
-
-    A path of '' is a random init of config.model.size ('label=' names that line). An item that exists as a path
-    as a whole is a path, even when it holds '=' (e.g. runs/lr=3e-4).
-    """
+def parse_encoders(config: ml_collections.ConfigDict) -> list[EncoderSpec]:
+    """The encoders to score: config.init_from first, then each item of config.compare (comma separated), each
+    `[NAME=]PATH`, `[NAME=]hear:MODULE[@MODEL_FILE]` or `[NAME=]npz:FILE` (`sources.parse_spec`). A path of '' is a
+    random init of config.model.size; the same encoder twice keeps its first line."""
     items = [config.init_from] + [s.strip() for s in config.compare.split(",") if s.strip()]
-    out: list[tuple[str, str]] = []
-    for item in items:
-        label, sep, path = item.partition("=")
-        if not sep or os.path.exists(item):
-            label, path = "", item
-        path = path.strip()
-        if path and os.path.abspath(path) in {os.path.abspath(p) for _, p in out if p}:
-            continue  # the same encoder twice would only repeat its line
-        label = label.strip() or (os.path.basename(os.path.normpath(path)) if path
-                                  else f"random init ({config.model.size})")
-        out.append((label, path))
-    labels = [lab for lab, _ in out]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"config.compare: encoder labels must differ, got {labels}; name them as label=path")
-    return out
+    return parse_specs(items, random_label=f"random init ({config.model.size})")
 
 
 def settings(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
@@ -85,17 +69,8 @@ def run_fewshot(config: ml_collections.ConfigDict, workdir: str) -> list[dict[st
 
 
 def _embedders(config: ml_collections.ConfigDict, workdir: str, bad_audio_log: str) -> list[Embedder]:
-    out = []
-    for label, path in parse_encoders(config):
-        loaded = encoder_from(path, config.model, dtype=compute_dtype(config.dtype), seed=config.seed)
-        encoder = loaded.encoder
-        policy = InputPolicy(target_length=encoder.target_length, stats=config.data.stats, crop=config.data.crop,
-                             clip_seconds=config.data.clip_seconds)
-        _report(f"[{label}] {loaded.description}: ViT {encoder.width}x{encoder.depth}, T = {encoder.target_length}")
-        out.append(encoder_embedder(label, loaded, policy, cache_dir=os.path.join(workdir, "embeddings"),
-                                    batch_size=config.eval.batch_size, worker_count=config.data.worker_count,
-                                    progress=config.progress, bad_audio_log=bad_audio_log, report=_report))
-    return out
+    return [make_embedder(spec, config, cache_dir=os.path.join(workdir, "embeddings"), bad_audio_log=bad_audio_log,
+                          report=_report) for spec in parse_encoders(config)]
 
 
 def _run_fewshot(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:

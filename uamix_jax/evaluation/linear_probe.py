@@ -3,9 +3,10 @@
     python -m uamix_jax.main --config=configs/linear_probe.py:esc50 --workdir=W --config.init_from=ENC \
         --config.data.root=DIR
 
-manifest → train/test partitions (`evaluation.protocol`, as fine-tuning) → the frozen encoder's clip embeddings of
-every labelled clip, from the few-shot command's cache (`embed.cached_embeddings`, in W/embeddings) → per partition,
-MAE's linear probe on the cached embeddings:
+manifest → train/test partitions (`evaluation.protocol`, as fine-tuning; the same for every encoder) → the clip
+embeddings of every labelled clip from the encoder config.init_from names (`sources`: our encoder, a HEAR module or
+precomputed embeddings, `[NAME=]SOURCE`), cached in W/embeddings as by the few-shot command → per partition, MAE's
+linear probe on the embeddings:
 
     logits = W · BN(e) + b,   BN = BatchNorm without affine (batch statistics in training, running ones at test)
 
@@ -38,11 +39,9 @@ from tqdm import tqdm
 from uamix_jax.data.bad_audio import check_manifest
 from uamix_jax.data.layouts import dataset_label, read_configured_dataset
 from uamix_jax.data.manifest import Manifest
-from uamix_jax.evaluation.embed import InputPolicy, cached_embeddings, params_fingerprint
-from uamix_jax.evaluation.encoders import encoder_from
 from uamix_jax.evaluation.metrics import mean_average_precision, top1_accuracy
 from uamix_jax.evaluation.protocol import EvalRun, evaluation_runs, metric_name, run_record, summary_record, write_record
-from uamix_jax.models.precision import compute_dtype
+from uamix_jax.evaluation.sources import make_embedder, parse_spec
 from uamix_jax.schedules import lr_schedule
 
 
@@ -155,18 +154,14 @@ def run_linear_probe(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     check_manifest(manifest)
     runs = evaluation_runs(manifest, folds=config.folds, train_split=d.train_split, valid_split="",
                            test_split=d.test_split, seed=config.seed)
-    loaded = encoder_from(config.init_from, config.model, dtype=compute_dtype(config.dtype), seed=config.seed)
-    encoder, variables = loaded.encoder, loaded.variables
-    policy = InputPolicy(target_length=encoder.target_length, stats=d.stats, crop=d.crop, clip_seconds=d.clip_seconds)
-    emb, valid, cache_file, reused = cached_embeddings(
-        manifest, encoder, variables, policy=policy, cache_dir=os.path.join(workdir, "embeddings"),
-        batch_size=config.eval.batch_size, worker_count=d.worker_count, progress=config.progress,
-        params_hash=params_fingerprint(variables))
-    logging.info("embeddings %s %s", "reused from" if reused else "written to", cache_file)
+    spec = parse_spec(config.init_from, random_label=f"random init ({config.model.size})")
+    embedder = make_embedder(spec, config, cache_dir=os.path.join(workdir, "embeddings"),
+                             report=lambda message: logging.info("%s", message))
+    emb, valid = embedder.embed(manifest)
     records = {run.name: probe_run(config, run, manifest, emb, valid) for run in runs}
     dataset = dataset_label(d)
-    record = summary_record(dataset, metric_name(config.probe.multilabel), loaded.description, records)
-    record["embeddings"] = cache_file
+    record = summary_record(dataset, metric_name(config.probe.multilabel), embedder.description, records)
+    record.update(label=embedder.label, **embedder.info)  # info: the embeddings' file and how they were made
     path = write_record(os.path.join(workdir, "linear_probe", f"{dataset}.json"), record)
     print(f"linear probe {dataset}: {record['metric']} {record['value']:.4f} (last epoch), best {record['best']:.4f}"
           + (f", std {record['std']:.4f} over {len(records)} folds" if "std" in record else "")
