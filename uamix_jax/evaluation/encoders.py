@@ -118,7 +118,8 @@ def encoder_from(init_from: str, model: Mapping[str, Any], *, dtype: Any = jnp.f
     if init_from:
         encoder, variables = load_encoder(init_from, target_length=target_length, posemb=posemb, dtype=dtype,
                                           attention=attention)
-        return LoadedEncoder(encoder, variables, os.path.abspath(init_from))
+        described = init_from if init_from.startswith("hf-hub:") else os.path.abspath(init_from)
+        return LoadedEncoder(encoder, variables, described)
     encoder, variables = random_encoder(model["size"], target_length=target_length or PRETRAIN_LENGTH,
                                         posemb=posemb or "prefix", seed=seed, dtype=dtype, attention=attention,
                                         pooling=model.get("pooling", "norm_mean"))
