@@ -153,7 +153,9 @@ def load_config(spec: str):
     module_spec = importlib.util.spec_from_file_location(f"_replicate_config_{os.path.basename(path)[:-3]}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    config = module.get_config(arg or None)
+    config.lock()  # as the command line locks it: an override of a field that does not exist is an error
+    return config
 
 
 def folder_fingerprint(root: str) -> str:

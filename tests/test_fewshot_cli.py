@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tests.train_util import load_config
 from uamix_jax.data.synthetic import make_demo_dataset
 from uamix_jax.data.layouts import read_dataset
 from uamix_jax.evaluation.embed import InputPolicy, embed_manifest
@@ -18,12 +19,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _config(arg="test"):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fewshot_config", os.path.join(ROOT, "configs", "fewshot.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config("fewshot", arg)
 
 
 @pytest.fixture(scope="module")

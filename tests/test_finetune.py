@@ -337,7 +337,8 @@ def test_demo_preset_beats_chance_twice_over(tmp_path):
     """The demo preset (tiny ViT from scratch, synthetic 8 classes, 80/20 split), shortened to 12 epochs: test
     accuracy ≥ 2 × chance = 25 %; the result JSON and the summary row are written; a finished run resumes to it."""
     config = load_config("finetune", "demo")
-    config.train.update(epochs=12, progress=False)
+    config.train.update(epochs=12)
+    config.progress = False
     config.eval.every_epochs = 6.0
     record = finetune(config, str(tmp_path))
     assert record["metric"] == "accuracy" and record["value"] >= 2 / 8, record
@@ -362,7 +363,8 @@ def test_esc50_folds_end_to_end(tmp_path):
     config = load_config("finetune", "esc50")
     config.model.update(size="test", target_length=96)
     config.data.update(root=root, clip_seconds=1.0, worker_count=0)
-    config.train.update(total_steps=1, global_batch=8, progress=False)
+    config.train.update(total_steps=1, global_batch=8)
+    config.progress = False
     config.eval.update(batch_size=8, clip_seconds=1.0)
     record = finetune(config, str(tmp_path / "w"))
     assert sorted(record["per_fold"]) == ["fold_1", "fold_2"]

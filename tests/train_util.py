@@ -15,11 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, arg: str | None = None):
-    """configs/<name>.py's get_config(arg), imported by path (configs/ is not a package)."""
+    """configs/<name>.py's get_config(arg), imported by path (configs/ is not a package), locked as the command line
+    locks it: setting a field that does not exist is an error, not a silent new field."""
     spec = importlib.util.spec_from_file_location(f"config_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    config = module.get_config(arg)
+    config.lock()
+    return config
 
 
 def synthetic_batch(global_batch: int, clip_seconds: float, seed: int, num_classes: int = 4) -> dict[str, np.ndarray]:
