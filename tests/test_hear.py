@@ -34,7 +34,7 @@ def workdir(tmp_path_factory):
     """A tiny stage-1 training workdir (configs/test.py, 2 steps) on synthetic clips."""
     from tests.train_util import load_config
     from uamix_jax import train_and_evaluate
-    from uamix_jax.data.demo import make_demo_dataset
+    from uamix_jax.data.synthetic import make_demo_dataset
 
     root = tmp_path_factory.mktemp("hear_run")
     config = load_config("test", "stage1")
