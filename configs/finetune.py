@@ -31,7 +31,7 @@ smoothing 0.1 and no mixup; SpecAugment 48 frequency bins / 192 frames at T = 10
   marks SPC multi-label with BCE); best chosen on valid, reported on test.
 - voxceleb1: T = 1024 with AudioSet stats; training on random 1024-frame crops (data.clip_seconds = 10.255 s, the
   pipeline's random crop), testing on the mean logits over consecutive 1024-frame windows of up to 60 s per clip
-  (eval.crop='windows'); batch 64, base_lr 5e-4, 60 epochs, 4 warmup; CE + LS 0.1, no mixup; identification split
+  (data.crop='windows'); batch 64, base_lr 5e-4, 60 epochs, 4 warmup; CE + LS 0.1, no mixup; identification split
   (iden_split.txt): train / valid / test, best chosen on valid, reported on test.
 - demo: the 'test' ViT (4 blocks, width 32) at T = 128 on the demo's synthetic 8-class folder set (made in
   W/data when data.root is empty), 2 s clips, 80/20 split, batch 32, base_lr 0.08 (lr 0.01: a random init learns
@@ -67,7 +67,7 @@ def base() -> ml_collections.ConfigDict:
     c.train.update(epochs=60, global_batch=32, checkpoint_every=1000, keep_checkpoints=2)
     c.eval.update(
         every_epochs=1.0, every_steps=0,  # evaluation cadence; every_steps > 0 overrides every_epochs
-        crop="centre", clip_seconds=10.0)  # the test clips' input: crop 'windows' = mean logits over T-frame windows
+        clip_seconds=10.0)  # audio read per test clip (data.crop 'windows': mean logits over T-frame windows)
     return c
 
 
@@ -97,7 +97,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.finetune.update(multilabel=False, mixup_prob=0.0)
         c.optim.base_lr = 5e-4
         c.train.global_batch = 64
-        c.eval.update(crop="windows", clip_seconds=60.0, batch_size=8)
+        c.data.crop = "windows"
+        c.eval.update(clip_seconds=60.0, batch_size=8)
     elif preset == "demo":
         c.model.update(size="test", target_length=128)
         c.data.update(name="folder", train_split="", test_split="", clip_seconds=2.0, worker_count=0,

@@ -196,10 +196,13 @@ def test_embed_tool_on_a_folder(tmp_path, capsys):
     assert rc == 0
     assert "7 embeddings of dimension 32; 1 files could not be read" in capsys.readouterr().out
     with np.load(out) as f:
-        emb, paths, failed = f["embeddings"], list(f["paths"]), list(f["failed"])
-    assert failed == ["low_tone/broken.wav"]
+        emb, ids, valid, failed = f["embeddings"], list(f["clip_ids"]), f["valid"], list(f["failed"])
+    assert failed == ["low_tone/broken.wav"] and ids[int(np.flatnonzero(~valid)[0])] == "low_tone/broken.wav"
+    assert not emb[~valid].any()  # the unreadable file's row is zero, and marked invalid
     # 6 demo clips + the nested flac; the broken file is left out
-    assert len(paths) == 7 and paths == sorted(paths) and "nested/deeper/x.flac" in paths
+    paths = [p for p, ok in zip(ids, valid) if ok]
+    emb = emb[valid]
+    assert len(paths) == 7 and ids == sorted(ids) and "nested/deeper/x.flac" in paths
     encoder, variables = load_encoder(str(tmp_path / "w"))
     policy = InputPolicy(target_length=128)
     np.testing.assert_allclose(emb, _direct_centre(encoder, variables, [os.path.join(audio, p) for p in paths], policy),

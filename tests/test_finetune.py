@@ -419,7 +419,7 @@ def test_presets_input_policy(preset, frames, stats, metric):
     assert (ft.model.pooling, ft.model.posemb, ft.model.drop_path) == ("fc_norm", "audiomae", 0.1)
     assert ft.finetune.mixup_prob == (0.5 if preset == "audioset20k" else 0.0)
     if preset == "voxceleb1":  # random 1024-frame crops in training, mean logits over 1024-frame windows at test
-        assert round(ft.data.clip_seconds * 16000) == (1024 - 1) * 160 + 400 and ft.eval.crop == "windows"
+        assert round(ft.data.clip_seconds * 16000) == (1024 - 1) * 160 + 400 and ft.data.crop == "windows"
     if preset == "esc50":
         assert ft.folds == lp.folds == "all"
     if preset == "speechcommands":

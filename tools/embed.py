@@ -27,7 +27,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         description="Clip embeddings of every audio file under a folder (recursive), with a frozen encoder.",
         epilog="Example: python tools/embed.py --encoder ckpt/audiomae --audio clips/ --out clips.npz")
     parser.add_argument("--encoder", required=True,
-                        help="converted AudioMAE directory, AudioMAE .pth, or a stage-1/2 training workdir")
+                        help="anything load_encoder reads: a converted AudioMAE directory, an AudioMAE or timm "
+                             "weights file (.pth, .pt, .bin, .safetensors), hf-hub:ORG/NAME, or a training workdir")
     parser.add_argument("--audio", required=True, help="folder of audio files (wav, flac, ogg, opus, mp3, m4a)")
     parser.add_argument("--out", required=True, help="the .npz file to write")
     parser.add_argument("--target-length", type=int, default=0,
@@ -82,12 +83,15 @@ def main(argv: list[str] | None = None) -> int:
                                 worker_count=args.workers, progress=not args.no_progress)
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    np.savez(out, embeddings=emb[valid], paths=np.array(relative)[valid], failed=np.array(relative)[~valid],
+    # clip_ids + embeddings + valid: the file is an `npz:FILE` encoder of the few-shot command and the linear probe
+    # for a folder dataset rooted at --audio (whose clip ids are these relative paths)
+    np.savez(out, embeddings=emb, clip_ids=np.array(relative), valid=valid, failed=np.array(relative)[~valid],
              encoder=np.array(json.dumps({"path": os.path.abspath(args.encoder), **encoder_fields(encoder)})),
              policy=np.array(json.dumps(policy.to_dict())))
     failed = int((~valid).sum())
     print(f"wrote {out}: {int(valid.sum())} embeddings of dimension {encoder.width}"
-          + (f"; {failed} files could not be read (listed under 'failed')" if failed else ""), flush=True)
+          + (f"; {failed} files could not be read (valid False, listed under 'failed')" if failed else ""),
+          flush=True)
     return 0
 
 

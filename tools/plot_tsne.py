@@ -31,8 +31,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         epilog="Example: python tools/plot_tsne.py --encoder AudioMAE=ckpt/audiomae --encoder ours=W2 "
                "--audio clips/ --out tsne.png")
     parser.add_argument("--encoder", action="append", required=True, metavar="NAME=PATH",
-                        help="an encoder to draw (repeat for several): NAME=PATH or PATH; PATH is a converted "
-                             "AudioMAE directory, an AudioMAE .pth or a training workdir")
+                        help="an encoder to draw (repeat for several): NAME=PATH or PATH; PATH is anything "
+                             "load_encoder reads (a converted AudioMAE directory, a weights file, hf-hub:ORG/NAME, "
+                             "a training workdir)")
     parser.add_argument("--audio", required=True, help="folder-per-class layout: <class>/<clip>.<wav|flac|...>")
     parser.add_argument("--classes", default="", help="comma-separated class (folder) names to keep (default: all)")
     parser.add_argument("--max-classes", type=int, default=10, help="without --classes, the first this many "

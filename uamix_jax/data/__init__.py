@@ -7,7 +7,7 @@
   pipeline.py     `make_pipeline`: seeded shuffle, process sharding, crop/pad, workers, resumable state
   bad_audio.py    `check_manifest`, the `bad_audio.txt` log
   summary.py      `dataset_summary`, printed at start-up
-  demo.py         `make_demo_dataset`, a synthetic labelled set for the demo and tests
+  synthetic.py    `make_demo_dataset`, synthetic labelled sound classes for the demo and tests
 
 Nothing is imported here, so `import uamix_jax.data.pipeline` in a grain worker stays light.
 """

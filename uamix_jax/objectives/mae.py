@@ -5,7 +5,7 @@
     L     = Σ_n ℓ_n m_n / Σ_n m_n                          m = 1 on masked (hidden) patches only
 
 With `axis_name` both sums run over the whole global batch (psum), so L is the global mean over masked patches and
-its gradient w.r.t. replicated parameters is already the all-reduced one (see uamix_jax/train/step.py).
+its gradient w.r.t. replicated parameters is already the all-reduced one (see uamix_jax/train/tune_step.py).
 """
 from __future__ import annotations
 

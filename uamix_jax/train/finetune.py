@@ -122,7 +122,7 @@ class SplitEvaluator:
     def __init__(self, config: ml_collections.ConfigDict, encoder: AudioMAEEncoder, head: Any,
                  splits: dict[str, Manifest], metric: str, steps_per_epoch: int, workdir: str):
         e = config.eval
-        self.policy = InputPolicy(target_length=encoder.target_length, stats=config.data.stats, crop=e.crop,
+        self.policy = InputPolicy(target_length=encoder.target_length, stats=config.data.stats, crop=config.data.crop,
                                   clip_seconds=e.clip_seconds)
         self.logits = make_logits_fn(encoder, head, self.policy)
         self.splits, self.metric, self.steps_per_epoch = splits, metric, steps_per_epoch

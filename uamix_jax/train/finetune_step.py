@@ -88,7 +88,7 @@ def waveform_mixup(key: jax.Array, waveform: jax.Array, length: jax.Array, targe
     b = waveform.shape[0]
     if group_size < 2 or b % group_size:
         raise ValueError(f"waveform_mixup: group_size={group_size} must be ≥ 2 and divide the per-device batch {b} "
-                         f"(config.mixup.group)")
+                         f"(config.finetune.mix_group)")
 
     def draw(index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         k_on, k_lam, k_partner = jax.random.split(jax.random.fold_in(key, index), 3)
