@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     peak = sb.dot_rate(rows, width, mlp)
     task = finetune_task(config, sb.one_device_plan(config), NUM_CLASSES, multi_hot=True)
     step = sb.compile_step(config, task, sb.synthetic_batch(b, sb.input_samples(config, from_config=False),
-                                                            num_classes=NUM_CLASSES))
+                                                            num_classes=NUM_CLASSES), smoke=args.smoke)
     seconds, first_s = sb.time_step(step, args.repeats)
     del step
     flops = step_flops(b, encoder, kept)

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     peak = sb.dot_rate(rows, width, mlp)
     task = pretrain_task(config, sb.one_device_plan(config))
     batch = sb.synthetic_batch(b, sb.input_samples(config, from_config=args.replicate))
-    step = sb.compile_step(config, task, batch)
+    step = sb.compile_step(config, task, batch, smoke=args.smoke)
     seconds, first_s = sb.time_step(step, args.repeats)
     flops = step_flops(b, encoder, decoder, n_keep)
     print(f"jax: {seconds:.3f} s/step ({b / seconds:.2f} samples/s), {flops / 1e9:.1f} GFLOP/step, "

@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = sb.step_args(__doc__, __file__, argv, batch=4, repeats=2, smoke_batch=4, torch_flag=False, add=add)
     config = fit_mix_group(tuning_config(args.stage, args.size, args.target_length, args.batch, smoke=args.smoke))
     encoder = AudioMAEEncoder.from_config(config.model)
-    run = tuning_step(config, clip_from_config=False)
+    run = tuning_step(config, clip_from_config=False, smoke=args.smoke)
     run()  # the first call still page-faults its buffers in
     untraced = sb.best_of(run, args.repeats)
     with tempfile.TemporaryDirectory() as trace_dir:

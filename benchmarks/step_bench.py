@@ -11,6 +11,7 @@ utilisation = analytic matmul FLOPs of a step / its time / the FLOP/s of one jit
 own fc1 shape [tokens, width] × [width, mlp_dim] (tokens: the rows the encoder's fc1 sees in that step), timed in the
 same run before and after the steps (the best of the two: the machine's load varies).
 
+`--smoke` runs a toy size with XLA's backend optimisation off (it checks the script; its figure means nothing).
 `--replicate` takes the configs `benchmarks/replicate.py` trains (its default budget: configs/pretrain_mae.py:cpu's
 'mini' ViT at T = 256 on 3 s clips, MAE batch 64, tuning batch 32), built by its own stage functions.
 """
@@ -47,6 +48,8 @@ from cpu_malloc import reexec_with_malloc_tuning  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(HERE), "configs")
 SMOKE = dict(size="test", target_length=128, repeats=2, no_torch=True)  # --smoke's defaults (and a small batch)
+# --smoke checks the script, not the figure: XLA's backend optimisation off halves the compile of a step
+SMOKE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 # ------------------------------------------------------------------------------------------------------- configs
@@ -119,15 +122,17 @@ class CompiledStep:
         jax.block_until_ready((self.state, metrics))
 
 
-def compile_step(config: ml_collections.ConfigDict, task: TrainTask, batch: dict[str, np.ndarray]) -> CompiledStep:
+def compile_step(config: ml_collections.ConfigDict, task: TrainTask, batch: dict[str, np.ndarray], *,
+                 smoke: bool = False) -> CompiledStep:
     """`task`'s step as the training loop runs it (shard_step, state donated, config.precision), compiled ahead of
-    time on the first device for task.state and the batch's task.batch_keys fields."""
+    time on the first device for task.state and the batch's task.batch_keys fields (smoke: SMOKE_COMPILER_OPTIONS)."""
     mesh = data_mesh(jax.devices()[:1])
     state = replicate(task.state, mesh)
     data = global_batch({k: batch[k] for k in task.batch_keys}, mesh)
     key = jax.random.key(config.seed + 1)  # the loop's step key
     with jax.default_matmul_precision(check_precision(config.precision)):
-        compiled = shard_step(task.step, mesh).lower(state, data, key).compile()
+        lowered = shard_step(task.step, mesh).lower(state, data, key)
+    compiled = lowered.compile(compiler_options=SMOKE_COMPILER_OPTIONS if smoke else None)
     return CompiledStep(compiled, state, data, key)
 
 

@@ -81,11 +81,11 @@ def step_flops(config: ml_collections.ConfigDict, encoder: AudioMAEEncoder) -> i
     return forward + backward + head_flops + lookups
 
 
-def tuning_step(config: ml_collections.ConfigDict, *, clip_from_config: bool) -> sb.CompiledStep:
+def tuning_step(config: ml_collections.ConfigDict, *, clip_from_config: bool, smoke: bool = False) -> sb.CompiledStep:
     """The compiled tuning step of `config` on one device (clips of the config's length, or exactly T frames)."""
     task = tune_task(config, sb.one_device_plan(config))
     batch = sb.synthetic_batch(config.train.global_batch, sb.input_samples(config, from_config=clip_from_config))
-    return sb.compile_step(config, task, batch)
+    return sb.compile_step(config, task, batch, smoke=smoke)
 
 
 def fc1_rows(config: ml_collections.ConfigDict, encoder: AudioMAEEncoder) -> int:
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     peak = sb.dot_rate(rows, width, mlp)
     results = {}
     for stage, config in configs.items():
-        step = tuning_step(config, clip_from_config=args.replicate)
+        step = tuning_step(config, clip_from_config=args.replicate, smoke=args.smoke)
         seconds, first_s = sb.time_step(step, args.repeats)
         flops = step_flops(config, encoder)
         results[stage] = (seconds, flops)
