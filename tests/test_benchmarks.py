@@ -1,7 +1,11 @@
-"""Every benchmark script under benchmarks/ (but the long replicate.py, offline_audio.py and memory.py, tested
-elsewhere) runs its main(["--smoke"]) in this process and prints its figure line, whose figures are positive numbers.
+"""Every benchmark script under benchmarks/ except replicate.py, offline_audio.py (tests/test_replicate.py,
+tests/test_offline_audio.py) and memory.py runs its main(["--smoke"]) in this process and prints its figure line,
+whose figures are positive numbers; the --replicate preset is replicate.py's own configs.
 
-In-process on purpose: a subprocess per script would add ~10 s of start-up each.
+In-process on purpose: a subprocess per script would add ~10 s of start-up each. What remains is compilation: the
+tuning, pretraining and fine-tuning steps (and their state initialisers) at the 'test' size, ~15 CPU-seconds each;
+train_step.py and profile_train_step.py compile the same stage-2 step, which the persistent compilation cache
+(tests/conftest.py) serves the second time.
 """
 import importlib.util
 import os
@@ -50,7 +54,7 @@ def _script(name: str):
 def test_every_script_has_a_smoke_run():
     scripts = {f[:-3] for f in os.listdir(BENCHMARKS) if f.endswith(".py")}
     helpers = {"cpu_malloc", "step_bench"}  # imported by the scripts, no main
-    elsewhere = {"replicate", "offline_audio", "memory"}  # tests/test_replicate.py, test_offline_audio.py, ...
+    elsewhere = {"replicate", "offline_audio", "memory"}
     assert scripts - helpers - elsewhere == set(SMOKE_RUNS)
 
 
