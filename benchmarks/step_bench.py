@@ -46,6 +46,7 @@ from uamix_jax.train.loop import TrainingPlan, TrainTask, plan_training  # noqa:
 import replicate as replication  # noqa: E402  (benchmarks/replicate.py)
 from cpu_malloc import reexec_with_malloc_tuning  # noqa: E402
 
+Config = ml_collections.ConfigDict
 CONFIGS = os.path.join(os.path.dirname(HERE), "configs")
 SMOKE = dict(size="test", target_length=128, repeats=2, no_torch=True)  # --smoke's defaults (and a small batch)
 # --smoke checks the script, not the figure: XLA's backend optimisation off halves the compile of a step
@@ -53,7 +54,7 @@ SMOKE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 # ------------------------------------------------------------------------------------------------------- configs
-def load_config(spec: str) -> ml_collections.ConfigDict:
+def load_config(spec: str) -> Config:
     """`<file>.py[:arg]` of configs/ → its get_config(arg), as `--config=configs/<file>.py[:arg]` loads it."""
     return replication.load_config(os.path.join(CONFIGS, spec))
 
@@ -64,9 +65,6 @@ def largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, at_most + 1) if n % d == 0)
 
 
-Config = ml_collections.ConfigDict
-
-
 def replicate_configs(budget: str = "default") -> tuple[Config, dict[int, Config]]:
     """(MAE config, {1: stage-1 config, 2: stage-2 config}) as benchmarks/replicate.py trains them with `budget`
     (the T-CutMix variant), from its own stage functions; data paths stay empty (the benchmarks feed synthetic
@@ -74,7 +72,7 @@ def replicate_configs(budget: str = "default") -> tuple[Config, dict[int, Config
     fit it to their one device."""
     b = replication.BUDGETS[budget]
 
-    def config_of(stage: Any) -> ml_collections.ConfigDict:
+    def config_of(stage: Any) -> Config:
         config = replication.load_config(stage.config)
         config.update_from_flattened_dict({k: v for k, v in stage.overrides.items() if k != "mix.group"})
         config.progress = False
@@ -85,12 +83,12 @@ def replicate_configs(budget: str = "default") -> tuple[Config, dict[int, Config
     return mae, tune
 
 
-def one_device_plan(config: ml_collections.ConfigDict) -> TrainingPlan:
+def one_device_plan(config: Config) -> TrainingPlan:
     """The plan of a one-device, one-process run of `config` (steps do not change a step's cost)."""
     return plan_training(config, config.train.global_batch, devices=1, processes=1)
 
 
-def input_samples(config: ml_collections.ConfigDict, *, from_config: bool) -> int:
+def input_samples(config: Config, *, from_config: bool) -> int:
     """Samples per clip: the config's data.clip_seconds (what its training reads), else exactly T fbank frames."""
     if from_config:
         return int(round(config.data.clip_seconds * SAMPLE_RATE))
@@ -122,7 +120,7 @@ class CompiledStep:
         jax.block_until_ready((self.state, metrics))
 
 
-def compile_step(config: ml_collections.ConfigDict, task: TrainTask, batch: dict[str, np.ndarray], *,
+def compile_step(config: Config, task: TrainTask, batch: dict[str, np.ndarray], *,
                  smoke: bool = False) -> CompiledStep:
     """`task`'s step as the training loop runs it (shard_step, state donated, config.precision), compiled ahead of
     time on the first device for task.state and the batch's task.batch_keys fields (smoke: SMOKE_COMPILER_OPTIONS)."""
@@ -168,10 +166,12 @@ def dot_rate(tokens: int, width: int, mlp_dim: int, repeats: int = 5) -> float:
 
 
 def describe_dot(tokens: int, width: int, mlp_dim: int, rate: float) -> str:
+    """The reference dot's shape and rate, for the scripts' report."""
     return f"jnp.dot [{tokens}, {width}] x [{width}, {mlp_dim}] (fc1's shape): {rate / 1e9:.1f} GFLOP/s"
 
 
 def machine_line(tuned: bool) -> str:
+    """Device, cores, jax version, malloc tuning and the load average: what a figure was measured under."""
     return (f"device {jax.devices()[0].device_kind}, {os.cpu_count()} cores, jax {jax.__version__}, malloc tuning "
             f"{'on' if tuned else 'off'}, load average {os.getloadavg()[0]:.2f}")
 
@@ -216,7 +216,7 @@ def step_args(doc: str, script: str, argv: Sequence[str] | None, *, batch: int, 
     return args
 
 
-def apply_model_args(config: ml_collections.ConfigDict, args: argparse.Namespace) -> ml_collections.ConfigDict:
+def apply_model_args(config: Config, args: argparse.Namespace) -> Config:
     """--size, --target-length and --batch (one device) on a config; the progress bars off."""
     if args.size:
         config.model.size = args.size
