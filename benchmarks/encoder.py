@@ -1,6 +1,8 @@
 """ViT-B encoder forward on CPU: throughput, matmul utilisation, and the ratio to AudioMAE's encoder in PyTorch eager.
 
-    python benchmarks/encoder.py [--batch 4] [--repeats 5] [--size base] [--target-length 1024]
+    python benchmarks/encoder.py [--batch 4] [--repeats 5] [--size base] [--target-length 1024] [--no-torch]
+                                 [--malloc-tuning]
+    python benchmarks/encoder.py --smoke      # the 'test' ViT at T = 128, batch 2, in seconds (no PyTorch)
 
 utilisation = (analytic matmul FLOPs of one forward / its best time) / (FLOP/s of one big float32 jnp.dot of the
 model's fc1 shape [B·N, D] × [D, 4D], measured in the same run). FLOPs counted: patch conv (as a [n, 256] × [256, D]
@@ -21,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,8 +37,11 @@ import jax.numpy as jnp  # noqa: E402
 
 from uamix_jax.models.vit import VIT_SIZES, AudioMAEEncoder  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # cpu_malloc beside this file
+from cpu_malloc import is_tuned, reexec_with_malloc_tuning  # noqa: E402
 
-from cpu_malloc import is_tuned, reexec_with_malloc_tuning  # noqa: E402  (benchmarks/)
+SMOKE = dict(size="test", target_length=128, batch=2, repeats=2, no_torch=True)
+SHORT_NAMES = {"test": "test", "mini": "mini", "tiny": "Ti", "small": "S", "base": "B", "large": "L"}
 
 
 def forward_matmul_flops(width: int, depth: int, mlp_dim: int, n_patches: int, patch_size: int = 16) -> int:
@@ -54,7 +60,7 @@ def _timer(fn) -> float:
     return time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="base", choices=sorted(VIT_SIZES))
     parser.add_argument("--target-length", type=int, default=1024)
@@ -63,9 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--malloc-tuning", action="store_true",
                         help="re-run with the glibc malloc settings of MALLOC_TUNING (see the module docstring)")
+    parser.add_argument("--smoke", action="store_true", help="a toy size that runs in seconds (the tests' check)")
     args = parser.parse_args(argv)
-    if args.malloc_tuning:
-        reexec_with_malloc_tuning(__file__, argv or sys.argv[1:])
+    if args.smoke:  # toy defaults; flags given explicitly still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
+    if args.malloc_tuning and not args.smoke:
+        reexec_with_malloc_tuning(__file__, list(argv) if argv is not None else sys.argv[1:])
 
     threads = os.cpu_count() or 1
     load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was before we started
@@ -117,8 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"jnp.dot [{lhs.shape[0]}, {d}] x [{d}, {encoder.mlp_dim}]: {peak / 1e9:.1f} GFLOP/s (best of "
           f"{5 * args.repeats})")
     print(f"flax forward: {best['flax'] * 1e3:.0f} ms/batch, {achieved / 1e9:.1f} GFLOP/s")
-    short = {"test": "test", "tiny": "Ti", "small": "S", "base": "B", "large": "L"}[args.size]
-    line = f"ViT-{short} forward: {clips:.2f} clips/s, utilisation {100 * achieved / peak:.0f}%"
+    line = f"ViT-{SHORT_NAMES[args.size]} forward: {clips:.2f} clips/s, utilisation {100 * achieved / peak:.0f}%"
     if model is not None:
         print(f"torch forward: {best['torch'] * 1e3:.0f} ms/batch, {flops / best['torch'] / 1e9:.1f} GFLOP/s")
         line += f", {best['torch'] / best['flax']:.2f}x torch"

@@ -1,13 +1,14 @@
 """Throughput of kaldi_fbank (jitted, CPU) against kaldi-native-fbank on 64 clips of 10 s.
 
-    python benchmarks/fbank.py [--clips 64] [--seconds 10] [--repeats 5]
+    python benchmarks/fbank.py [--clips 64] [--seconds 10] [--repeats 5] [--processes N]
+    python benchmarks/fbank.py --smoke        # 2 clips of 1 s, no worker processes, in seconds
 
 Same work on both sides: 16 kHz float32 clips in host memory -> log-mel [998, 80] per clip, AudioMAE's frame options
 (knf: dither 0, symmetric 'hanning' window; the two agree to 1e-3, see tests/test_fbank.py). JAX is timed after
 compilation, from the numpy batch to a ready device array (block_until_ready). knf is timed from Python lists
 prepared outside the timer (its fastest input path) to a numpy array per clip. Each figure is the best of --repeats,
 with the repeats of all contenders interleaved. knf runs in one thread, so a second knf figure uses one worker
-process per CPU core (data parallel, start-up excluded).
+process per CPU core (data parallel, start-up excluded; `--processes 1` skips it).
 The last line is the ratio against single-process knf at 80 bins, the figure the target (>= 2x) refers to.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 try:
     import uamix_jax  # noqa: F401
@@ -31,6 +33,7 @@ from uamix_jax.audio.fbank import kaldi_fbank  # noqa: E402
 
 SR = 16000
 _CLIPS: list[list[float]] = []  # this process's clips as Python lists, knf's input type
+SMOKE = dict(clips=2, seconds=1.0, repeats=2, processes=1)
 
 
 def _knf_one(wave: list[float], num_mel_bins: int) -> np.ndarray:
@@ -59,12 +62,18 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="worker processes of the data-parallel knf figure (1: skip it)")
+    parser.add_argument("--smoke", action="store_true", help="a toy size that runs in seconds (the tests' check)")
+    args = parser.parse_args(argv)
+    if args.smoke:  # toy defaults; flags given explicitly still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)
     n = int(args.seconds * SR)
@@ -93,14 +102,14 @@ def main() -> None:
               f"{audio_seconds / jax_times[bins]:.0f}x real time")
     print(f"kaldi-native-fbank (1 process, 80 bins): {knf_time * 1e3:.1f} ms, "
           f"{audio_seconds / knf_time:.0f}x real time")
-    if cores > 1:
-        chunks = np.array_split(np.arange(args.clips), cores)
+    if args.processes > 1:
+        chunks = np.array_split(np.arange(args.clips), args.processes)
         bounds = [(int(c[0]), int(c[-1]) + 1) for c in chunks if len(c)]
         # spawn, not fork: forking a process that runs JAX's thread pools can deadlock
-        with multiprocessing.get_context("spawn").Pool(cores, _worker_init, (waves,)) as pool:
+        with multiprocessing.get_context("spawn").Pool(args.processes, _worker_init, (waves,)) as pool:
             pool.map(_knf_range, bounds)  # start the workers before timing
             knf_par = min(_time(lambda: pool.map(_knf_range, bounds)) for _ in range(max(2, args.repeats // 2)))
-        print(f"kaldi-native-fbank ({cores} processes, 80 bins): {knf_par * 1e3:.1f} ms "
+        print(f"kaldi-native-fbank ({args.processes} processes, 80 bins): {knf_par * 1e3:.1f} ms "
               f"(kaldi_fbank: {knf_par / jax_times[80]:.1f}x)")
     print(f"kaldi_fbank at 128 bins vs kaldi-native-fbank at 80: {knf_time / jax_times[128]:.1f}x")
     print(f"kaldi_fbank vs kaldi-native-fbank: {knf_time / jax_times[80]:.1f}x (target >= 2x)")

@@ -5,9 +5,11 @@
    `--repeats`. Target: < 1 s on CPU.
 2. Embedding: ViT-B (random weights) at T = 1024 on a batch of `--batch` 10.255 s clips, waveform → Kaldi fbank →
    encoder → mean-pooled embedding, the jitted function the embedding cache runs (after compilation; best of
-   `--embed-repeats`), in clips/s. The batch is split over the local devices, as in `embed_manifest`.
+   `--embed-repeats`), in clips/s. The batch is split over the local devices, as in `embed_manifest` (rounded up to
+   a multiple of their count; every row is a real clip of exactly T frames).
 
     python benchmarks/fewshot.py [--episodes 600] [--batch 8] [--size base] [--target-length 1024]
+    python benchmarks/fewshot.py --smoke      # 50 episodes over 200 x 32 embeddings, the 'test' ViT at T = 128
 
 Last line: `fewshot: 600 episodes <s> s; ViT-B embedding <r> clips/s`.
 """
@@ -17,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 try:
     import uamix_jax  # noqa: F401
@@ -30,6 +33,10 @@ from uamix_jax.evaluation.embed import InputPolicy, make_embed_fn  # noqa: E402
 from uamix_jax.evaluation.encoders import random_encoder  # noqa: E402
 from uamix_jax.evaluation.episodes import sample_episodes  # noqa: E402
 from uamix_jax.evaluation.fewshot import episode_accuracies  # noqa: E402
+from uamix_jax.sharding import batch_sharding, data_mesh, replicated  # noqa: E402
+
+SMOKE = dict(clips=200, classes=10, dim=32, episodes=50, repeats=2, size="test", target_length=128, batch=2,
+             embed_repeats=2)
 
 
 def _best(fn, repeats: int) -> float:
@@ -66,10 +73,10 @@ def bench_episodes(args: argparse.Namespace) -> float:
 def bench_embedding(args: argparse.Namespace) -> float:
     encoder, variables = random_encoder(args.size, target_length=args.target_length, seed=0)
     policy = InputPolicy(target_length=args.target_length, crop="centre")
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+    mesh = data_mesh(jax.local_devices())
     batch = -(-args.batch // mesh.devices.size) * mesh.devices.size
-    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    variables = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    data = batch_sharding(mesh)
+    variables = jax.device_put(variables, replicated(mesh))
     wave = jax.device_put(0.1 * np.random.default_rng(1).standard_normal((batch, policy.clip_samples))
                           .astype(np.float32), data)
     length = jax.device_put(np.full((batch,), policy.clip_samples, np.int32), data)
@@ -83,7 +90,7 @@ def bench_embedding(args: argparse.Namespace) -> float:
     return batch / best
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=2000)
     parser.add_argument("--classes", type=int, default=50)
@@ -97,7 +104,11 @@ def main() -> None:
     parser.add_argument("--target-length", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--embed-repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="a toy size that runs in seconds (the tests' check)")
+    args = parser.parse_args(argv)
+    if args.smoke:  # toy defaults; flags given explicitly still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
     print(f"devices: {jax.devices()}")
     seconds = bench_episodes(args)
     rate = bench_embedding(args)

@@ -4,6 +4,7 @@ Default sizes are the paper's stage-1 values, B = 512, K = 65,536, D = 256, on w
 compiled first, then run `--repeats` times (queue donated, as in training); the best wall time is reported.
 
     python benchmarks/objective.py [--batch 512] [--queue 65536] [--dim 256] [--top-k 1] [--repeats 10]
+    python benchmarks/objective.py --smoke    # B = 16, K = 256, D = 32, in seconds
 
 Last line: `objective step: <ms> ms`.
 """
@@ -13,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 try:
     import uamix_jax  # noqa: F401
@@ -39,14 +41,21 @@ def make_step(top_k: int):
     return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
-def main() -> None:
+SMOKE = dict(batch=16, queue=256, dim=32, repeats=2)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--queue", type=int, default=65536)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--top-k", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="a toy size that runs in seconds (the tests' check)")
+    args = parser.parse_args(argv)
+    if args.smoke:  # toy defaults; flags given explicitly still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
 
     keys = jax.random.split(jax.random.key(0), 6)
     queue, queue_ids, _, ptr = init_queue(keys[0], args.queue, args.dim)

@@ -1,20 +1,24 @@
 """Where the time of a ViT-B training step goes on CPU: one traced step, grouped by layer and pass.
 
-    python benchmarks/profile_train_step.py [--stage 2] [--batch 4] [--size base] [--malloc-tuning] [--top 25]
+    python benchmarks/profile_train_step.py [--stage 2] [--batch 4] [--size base] [--target-length 1024]
+                                            [--malloc-tuning] [--top 25]
+    python benchmarks/profile_train_step.py --smoke      # train_step.py --smoke's stage-2 step
 
-Runs the real step of benchmarks/train_step.py once to compile, then once under `jax.profiler.trace`. Every XLA
-thunk in the trace is matched to its instruction in the compiled HLO; the time is grouped by the layer its metadata
-names (`attn/qkv`, `attn/bqhd,bkhd->bhqk` = q·kᵀ, `mlp/fc1`, ...; blocks merged) and by pass (forward, or backward
-when the op name holds `transpose(`). For fusions holding a dot, the dot's FLOPs (2·|out|·|contracted|) give the
-achieved GFLOP/s, to set against the plain `jnp.dot` rate printed with it. The last line sums it up: the share of
-the traced step in matmuls, their rate, and the share spent outside them. Plain `dot` thunks (matmuls XLA leaves to
-Eigen, e.g. weight gradients whose operands need a transpose) run asynchronously: their events cover only the launch,
-so their work is the step's time covered by no thunk event, reported as one row with their FLOPs. Labels come from the root op of each fusion: `attn/reduce_max` is q·kᵀ
-fused with the row max, `attn/reduce_sum` the exponentials and a·v fused with the softmax denominator.
+Compiles the step of benchmarks/train_step.py (the tuning step as training runs it, `tune_task` + `shard_step`),
+runs it untraced, then once under `jax.profiler.trace`. Every XLA thunk in the trace is matched to its instruction in
+the compiled HLO; the time is grouped by the layer its metadata names (`attn/qkv`, `attn/bqhd,bkhd->bhqk` = q·kᵀ,
+`mlp/fc1`, ...; blocks merged) and by pass (forward, or backward when the op name holds `transpose(`). For fusions
+holding a dot, the dot's FLOPs (2·|out|·|contracted|) give the achieved GFLOP/s, to set against the plain `jnp.dot`
+rate printed with it (a dot of the encoder's fc1 shape in this step, [2B·(N+1), D] × [D, mlp]). Plain `dot` thunks
+(matmuls XLA leaves to Eigen, e.g. weight gradients whose operands need a transpose) run asynchronously: their events
+cover only the launch, so their work is the step's time covered by no thunk event, reported as one row with their
+FLOPs. Labels come from the root op of each fusion: `attn/reduce_max` is q·kᵀ fused with the row max,
+`attn/reduce_sum` the exponentials and a·v fused with the softmax denominator. The last line sums it up: the share of
+the traced step in matmuls, their rate, and the share spent outside them, e.g. `profile (stage 2, ViT-base, T=1024,
+B=4): matmul fusions 92% of the step at 117 GFLOP/s (82% of jnp.dot), everything else 8%`.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import math
@@ -22,14 +26,16 @@ import os
 import re
 import sys
 import tempfile
-import time
+from collections.abc import Sequence
 
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_malloc import is_tuned, reexec_with_malloc_tuning  # noqa: E402
-from train_step import dot_rate, jax_step  # noqa: E402  (also puts the checkout on sys.path when needed)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # step_bench, train_step beside this file
 
 import jax  # noqa: E402
+
+import step_bench as sb  # noqa: E402
+from cpu_malloc import is_tuned  # noqa: E402
+from train_step import fc1_rows, fit_mix_group, tuning_config, tuning_step  # noqa: E402
+from uamix_jax.models.vit import AudioMAEEncoder  # noqa: E402
 
 _SHAPE = re.compile(r"[a-z]+\d*\[([\d,]*)\]")
 
@@ -133,30 +139,22 @@ def span_and_union(intervals: list[tuple[int, int, str]]) -> tuple[float, float]
     return (intervals[-1][1] - intervals[0][0]) * 1e-9, covered * 1e-9
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", type=int, default=2)
-    parser.add_argument("--size", default="base")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--malloc-tuning", action="store_true", help="re-run with benchmarks/cpu_malloc.py's settings")
-    args = parser.parse_args(argv)
-    if args.malloc_tuning:
-        reexec_with_malloc_tuning(__file__, argv or sys.argv[1:])
+def main(argv: Sequence[str] | None = None) -> None:
+    def add(parser):
+        parser.add_argument("--stage", type=int, default=2)
+        parser.add_argument("--top", type=int, default=25)
 
-    run, _, _ = jax_step(args.stage, args.size, args.batch)
-    run()  # compile; the next call still page-faults its buffers in once
-    run()
-    untraced = []
-    for _ in range(2):
-        start = time.perf_counter()
-        run()
-        untraced.append(time.perf_counter() - start)
+    args = sb.step_args(__doc__, __file__, argv, batch=4, repeats=2, smoke_batch=4, torch_flag=False, add=add)
+    config = fit_mix_group(tuning_config(args.stage, args.size, args.target_length, args.batch, smoke=args.smoke))
+    encoder = AudioMAEEncoder.from_config(config.model)
+    run = tuning_step(config, clip_from_config=False, smoke=args.smoke)
+    run()  # the first call still page-faults its buffers in
+    untraced = sb.best_of(run, args.repeats)
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
             run()
         intervals = thunk_intervals(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[0])
-    info = parse_hlo(run.hlo_text())
+    info = parse_hlo(run.compiled.as_text())
 
     # Plain `dot` thunks (matmuls XLA does not hand to YNNPACK, e.g. some weight gradients) run asynchronously on
     # Eigen's pool: their events cover only the launch, and their work shows as time with no thunk event running.
@@ -173,20 +171,21 @@ def main(argv: list[str] | None = None) -> None:
     groups[("async Eigen dots (uncovered time)", "both")] = [span - covered, async_flops]
     total = sum(s for s, _ in groups.values())
 
-    n = args.batch * 2 * 513
-    peak = dot_rate(args.batch) / 1e9
-
-    print(f"stage {args.stage}, ViT-{args.size}, B={args.batch}: step {min(untraced):.2f} s untraced, {span:.2f} s "
-          f"traced (thunk events {total - (span - covered):.2f} s, uncovered {span - covered:.2f} s); "
-          f"jnp.dot [{n}, 768] x [768, 3072] {peak:.0f} GFLOP/s; malloc tuning "
-          f"{'on' if is_tuned() else 'off'}")
+    rows = fc1_rows(config, encoder)
+    peak = sb.dot_rate(rows, encoder.width, encoder.mlp_dim) / 1e9
+    label = f"stage {args.stage}, ViT-{config.model.size}, T={encoder.target_length}, B={args.batch}"
+    print(f"{label}: step {untraced:.3f} s untraced, {span:.3f} s traced (thunk events {total - (span - covered):.3f} "
+          f"s, uncovered {span - covered:.3f} s); {sb.describe_dot(rows, encoder.width, encoder.mlp_dim, peak * 1e9)}; "
+          f"{sb.machine_line(is_tuned())}")
     print(f"{'layer':34s} {'pass':9s} {'seconds':>8s} {'share':>6s} {'GFLOP':>7s} {'GFLOP/s':>8s}")
     for (layer, passname), (seconds, flops) in sorted(groups.items(), key=lambda kv: -kv[1][0])[: args.top]:
         rate = f"{flops / seconds / 1e9:8.0f}" if flops else f"{'-':>8s}"
         print(f"{layer:34s} {passname:9s} {seconds:8.2f} {100 * seconds / total:5.1f}% {flops / 1e9:7.0f} {rate}")
     mm_s = sum(s for s, f in groups.values() if f)
     mm_f = sum(f for _, f in groups.values())
-    print(f"profile (stage {args.stage}, B={args.batch}): matmul fusions {100 * mm_s / total:.0f}% of the step at "
+    if not mm_s:
+        raise SystemExit("profile_train_step.py: the trace holds no matmul fusion; nothing to report")
+    print(f"profile ({label}): matmul fusions {100 * mm_s / total:.0f}% of the step at "
           f"{mm_f / mm_s / 1e9:.0f} GFLOP/s ({100 * mm_f / mm_s / 1e9 / peak:.0f}% of jnp.dot), "
           f"everything else {100 * (1 - mm_s / total):.0f}%")
 

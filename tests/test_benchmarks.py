@@ -1,0 +1,96 @@
+"""Every benchmark script under benchmarks/ except replicate.py, offline_audio.py (tests/test_replicate.py,
+tests/test_offline_audio.py) and memory.py runs its main(["--smoke"]) in this process and prints its figure line,
+whose figures are positive numbers; the --replicate preset is replicate.py's own configs.
+
+In-process on purpose: a subprocess per script would add ~10 s of start-up each. What remains is compilation: the
+tuning, pretraining and fine-tuning steps (and their state initialisers) at the 'test' size, ~15 CPU-seconds each;
+train_step.py and profile_train_step.py compile the same stage-2 step, which the persistent compilation cache
+(tests/conftest.py) serves the second time.
+"""
+import importlib.util
+import os
+import re
+import sys
+
+import pytest
+
+from tests.train_util import ROOT
+
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
+# script → (argv, the last line it prints; every group is a figure that must be a positive number)
+SMOKE_RUNS = {
+    # stage 2 only: stage 1 is the same script path, and each step costs a compile of 10-30 s on 2 cores
+    "train_step": (["--smoke", "--stages", "2"],
+                   rf"train step \(ViT-test, T=128, B=4\): stage 2 {NUMBER} samples/s \(\d+% of jnp\.dot\)"),
+    "profile_train_step": (["--smoke"], rf"profile \(stage 2, ViT-test, T=128, B=4\): matmul fusions \d+% of the step "
+                                        rf"at {NUMBER} GFLOP/s \(\d+% of jnp\.dot\), everything else \d+%"),
+    "pretrain_step": (["--smoke"], rf"MAE pretrain step \(ViT-test, T=128, 80% masked, B=4\): {NUMBER} samples/s "
+                                   rf"\(\d+% of jnp\.dot\)"),
+    "finetune_step": (["--smoke"], rf"finetune step \(ViT-test, T=128, B=4\): {NUMBER} samples/s \(\d+% of jnp\.dot\)"),
+    "encoder": (["--smoke"], rf"ViT-test forward: {NUMBER} clips/s, utilisation \d+%"),
+    "objective": (["--smoke"], rf"objective step: {NUMBER} ms"),
+    "fewshot": (["--smoke"], rf"fewshot: 50 episodes {NUMBER} s; ViT-test embedding {NUMBER} clips/s"),
+    "fbank": (["--smoke"], rf"kaldi_fbank vs kaldi-native-fbank: {NUMBER}x \(target >= 2x\)"),
+    "input_pipeline": (["--smoke"], rf"input pipeline: 44\.1k {NUMBER} clips/s, 16k {NUMBER} clips/s"),
+}
+
+
+def _script(name: str):
+    """benchmarks/<name>.py as the module `name` (importing it does no work), as the scripts import each other."""
+    path = os.path.join(BENCHMARKS, f"{name}.py")
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
+    loaded = sys.modules.get(name)
+    if loaded is not None and os.path.abspath(getattr(loaded, "__file__", "") or "") == path:
+        return loaded
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it: its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_script_has_a_smoke_run():
+    scripts = {f[:-3] for f in os.listdir(BENCHMARKS) if f.endswith(".py")}
+    helpers = {"cpu_malloc", "step_bench"}  # imported by the scripts, no main
+    elsewhere = {"replicate", "offline_audio", "memory"}
+    assert scripts - helpers - elsewhere == set(SMOKE_RUNS)
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE_RUNS))
+def test_smoke_run_prints_its_figure(name, capsys):
+    argv, pattern = SMOKE_RUNS[name]
+    _script(name).main(argv)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(pattern, last)
+    assert match, f"{name}: last line {last!r} does not match {pattern!r}"
+    figures = [float(g) for g in match.groups()]
+    assert all(f > 0 for f in figures), (name, last)
+
+
+def test_replicate_preset_is_replicates_mini_run():
+    """--replicate measures the steps benchmarks/replicate.py trains: configs/pretrain_mae.py:cpu's 'mini' ViT at
+    T = 256 on 3 s clips, MAE batch 64, tuning batch 32 with its head and queue; one device fits the mix group to
+    16."""
+    step_bench, train_step = _script("step_bench"), _script("train_step")
+    mae, tune = step_bench.replicate_configs("default")
+    assert (mae.model.size, mae.model.target_length, mae.data.clip_seconds, mae.train.global_batch) == \
+        ("mini", 256, 3.0, 64)
+    assert (mae.decoder.width, mae.decoder.depth) == (128, 2)
+    for stage, config in tune.items():
+        assert config.stage == stage
+        assert (config.model.size, config.model.target_length, config.data.clip_seconds) == ("mini", 256, 3.0)
+        assert (config.train.global_batch, config.nnclr.queue_size, config.mix.method) == (32, 1024, "t_cutmix")
+        assert (config.head.proj_hidden_dim, config.head.proj_dim, config.head.pred_hidden_dim) == (512, 128, 512)
+        assert train_step.fit_mix_group(config).mix.group == 16
+    assert (tune[1].nnclr.top_k, tune[2].nnclr.top_k, tune[2].nnclr.ema_momentum) == (1, 5, 0.99)
+    assert step_bench.input_samples(mae, from_config=True) == 48000
+
+
+@pytest.mark.parametrize("batch,group", [(4, 4), (2, 2), (32, 16), (24, 12), (48, 16), (6, 6), (1, 1)])
+def test_mix_group_is_the_largest_divisor_up_to_the_configs(batch, group):
+    train_step = _script("train_step")
+    config = train_step.tuning_config(2, "test", 128, batch)
+    assert config.mix.group == 16
+    assert train_step.fit_mix_group(config).mix.group == group
