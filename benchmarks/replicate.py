@@ -36,7 +36,7 @@ The paper's recipe and what is scaled here (budgets in steps, not epochs, so tim
 `--quick` in brackets):
   - encoder: AudioMAE ViT-B/16 (12 blocks, 768 wide) at T = 1024 pretrained on AudioSet-2M → configs/pretrain_mae.py:cpu
     ('mini': ViT-Ti width 192, 4 blocks, T = 256 frames = 2.56 s, a 2-block 128-wide decoder, lr 1.5e-3), pretrained
-    for 2,400 [150] steps of batch 64 on the corpus (~1,600 clips [~700]).
+    for 1,200 [150] steps of batch 64 on the corpus (~1,600 clips [~700]).
   - stage 1: 40 epochs of AudioSet-20K (~1,600 steps of batch 512), lr 1e-4 → 60 [20] steps of batch 32, lr 1e-3
     (a fresh head on a small encoder; 1e-4 barely moves it in so few steps).
   - stage 2: 160 epochs (~26,000 steps of batch 128), lr 1e-4 × 0.65^(L−i) → 300 [40] steps of batch 32 (~6 passes
@@ -124,12 +124,12 @@ class Budget:
     settings: tuple[tuple[int, int], ...] = ((5, 1), (5, 5))  # (ways, shots); the first is the curves'
     episodes: int = 600
     curve_every_mae: int = 300  # steps between dev-class few-shot evaluations (and the end)
-    curve_every_stage2: int = 50
+    curve_every_stage2: int = 60
     curve_episodes: int = 300
 
 
 BUDGETS = {
-    "default": Budget("default", "default", mae_steps=2400, stage1_steps=60, stage2_steps=300, queue_size=1024,
+    "default": Budget("default", "default", mae_steps=1200, stage1_steps=60, stage2_steps=300, queue_size=1024,
                       seeds=3, share_stage1=False),
     "quick": Budget("quick", "quick", mae_steps=150, stage1_steps=20, stage2_steps=40, queue_size=512, seeds=1,
                     share_stage1=True, curve_every_mae=50, curve_every_stage2=20, curve_episodes=100,
