@@ -267,10 +267,10 @@ def mae_stage(out: str, budget: Budget, corpus: str, data: str, eval_sets: dict[
     return Stage("MAE pretraining", preset, overrides, out, data)
 
 
-def tune_stage(out: str, budget: Budget, corpus: str, data: str, mae: Stage, stage: int, variant: str, seed: int,
-               parent: Stage, eval_sets: dict[str, str], progress: bool) -> Stage:
-    """Stage `stage` of `variant` (VARIANTS) for training seed `seed`, from `parent`, with the MAE's model and input."""
-    m = read_workdir_config(mae.workdir)
+def tune_stage(out: str, budget: Budget, corpus: str, data: str, m: dict[str, Any], stage: int, variant: str,
+               seed: int, parent: Stage, eval_sets: dict[str, str], progress: bool) -> Stage:
+    """Stage `stage` of `variant` (VARIANTS) for training seed `seed`, from `parent`, with the model and input of
+    the MAE whose config (as its workdir records it) is `m`."""
     steps = budget.stage1_steps if stage == 1 else budget.stage2_steps
     proj_hidden, proj, pred_hidden = budget.head
     stats = tuple(m["data"]["stats"]) if isinstance(m["data"]["stats"], list) else m["data"]["stats"]
@@ -382,22 +382,23 @@ def replicate(out: str, *, budget: str | Budget = "default", unlabelled: str | N
     mae = mae_stage(out, b, unlabelled, data, eval_sets, progress)
     stages: list[Stage] = [mae]
     timings[mae.name] = mae.run()
+    m = read_workdir_config(mae.workdir)
     tuned: dict[tuple[str, int], Stage] = {}
     for seed in seed_list:
         shared = None
         for v in variants:
             if b.share_stage1:  # one stage 1 (without mixing) per seed for every variant
                 if shared is None:
-                    shared = tune_stage(out, b, unlabelled, data, mae, 1, "no_mix", seed, mae, eval_sets, progress)
+                    shared = tune_stage(out, b, unlabelled, data, m, 1, "no_mix", seed, mae, eval_sets, progress)
                     shared = dataclasses.replace(shared, name=f"shared stage 1 seed {seed}")
                     stages.append(shared)
                     timings[shared.name] = shared.run()
                 stage1 = shared
             else:
-                stage1 = tune_stage(out, b, unlabelled, data, mae, 1, v, seed, mae, eval_sets, progress)
+                stage1 = tune_stage(out, b, unlabelled, data, m, 1, v, seed, mae, eval_sets, progress)
                 stages.append(stage1)
                 timings[stage1.name] = stage1.run()
-            stage2 = tune_stage(out, b, unlabelled, data, mae, 2, v, seed, stage1, eval_sets, progress)
+            stage2 = tune_stage(out, b, unlabelled, data, m, 2, v, seed, stage1, eval_sets, progress)
             stages.append(stage2)
             timings[stage2.name] = stage2.run()
             tuned[(VARIANTS[v][0], seed)] = stage2
@@ -406,7 +407,6 @@ def replicate(out: str, *, budget: str | Budget = "default", unlabelled: str | N
         f.writelines(s.command() + "\n" for s in stages)
 
     t0 = time.perf_counter()
-    m = read_workdir_config(mae.workdir)
     encoders: dict[tuple[str, int | None], str | None] = {("log-mel", None): None, ("MAE", None): mae.workdir}
     encoders.update({key: s.workdir for key, s in tuned.items()})
     embedders = {(name, seed): _embedder(f"{name} | {seed}", path, target_length=int(m["model"]["target_length"]),

@@ -78,8 +78,10 @@ def replicate_configs(budget: str = "default") -> tuple[Config, dict[int, Config
         config.progress = False
         return config
 
-    mae = config_of(replication.mae_stage("", b, ""))
-    tune = {s: config_of(replication.tune_stage("", b, "", mae.to_dict(), s, "t_cutmix", "")) for s in (1, 2)}
+    mae_stage = replication.mae_stage("", b, "", "", {}, False)
+    mae = config_of(mae_stage)
+    tune = {s: config_of(replication.tune_stage("", b, "", "", mae.to_dict(), s, "t_cutmix", 0, mae_stage, {}, False))
+            for s in (1, 2)}
     return mae, tune
 
 

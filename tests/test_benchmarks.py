@@ -53,7 +53,7 @@ def _script(name: str):
 
 def test_every_script_has_a_smoke_run():
     scripts = {f[:-3] for f in os.listdir(BENCHMARKS) if f.endswith(".py")}
-    helpers = {"cpu_malloc", "step_bench"}  # imported by the scripts, no main
+    helpers = {"cpu_malloc", "step_bench", "replicate_report"}  # imported by the scripts, no main
     elsewhere = {"replicate", "offline_audio", "memory"}
     assert scripts - helpers - elsewhere == set(SMOKE_RUNS)
 

@@ -30,8 +30,8 @@ def test_precision_names_are_jax_matmul_precisions():
 
 
 def test_fewshot_command_uses_these_names():
-    """evaluation/fewshot_main.py resolves config.dtype here (one list of names in the project)."""
-    from uamix_jax.evaluation import fewshot_main
+    """The few-shot command resolves config.dtype here (evaluation/sources.py: one list of names in the project)."""
+    from uamix_jax.evaluation import fewshot_main, sources
 
-    assert fewshot_main.compute_dtype is compute_dtype
-    assert not hasattr(fewshot_main, "DTYPES")
+    assert sources.compute_dtype is compute_dtype
+    assert not hasattr(sources, "DTYPES") and not hasattr(fewshot_main, "DTYPES")
