@@ -53,7 +53,8 @@ def block_flops(n: int, width: int, mlp_dim: int) -> int:
     return 2 * n * width * 3 * width + 2 * 2 * n * n * width + 2 * n * width * width + 2 * 2 * n * width * mlp_dim
 
 
-def step_flops(stage: int, batch: int, width: int, depth: int, mlp_dim: int, n_patches: int, head: tuple) -> int:
+def step_flops(stage: int, batch: int, width: int, depth: int, mlp_dim: int, n_patches: int, head: tuple,
+               queue: int = QUEUE) -> int:
     n = n_patches + 1
     proj_hidden, proj_dim, pred_hidden = head
     forward = 2 * batch * (depth * block_flops(n, width, mlp_dim) + 2 * n_patches * 256 * width)
@@ -61,7 +62,7 @@ def step_flops(stage: int, batch: int, width: int, depth: int, mlp_dim: int, n_p
     projector = 2 * batch * (width * proj_hidden + proj_hidden * proj_hidden + proj_hidden * proj_dim)
     predictor = 2 * batch * (proj_dim * pred_hidden + pred_hidden * proj_dim)
     head_flops = 2 * (3 * (projector + predictor)) + (2 * projector if stage == 2 else 0)  # per view: fwd + 2x bwd
-    lookups = 2 * 2 * batch * QUEUE * proj_dim
+    lookups = 2 * 2 * batch * queue * proj_dim
     return forward + backward + head_flops + lookups
 
 
