@@ -11,7 +11,8 @@ headroom); FLOPs per step and the step time at 100 % of the chip's bf16 peak (a 
 `--max-batch` finds the largest global batch that fits (multiples of chips × rows per mix group, by bisection);
 `--hbm-gib` plans against less memory than the chip has. Needs libtpu: pip install -e '.[tpu]'.
 Slices: v5e-1 ... v5e-256, v6e-1 ... v6e-256 (chips), v4-8 ... v4-128, v5p-8 ... v5p-128 (TensorCores), see
-`uamix_jax.train.tpu_plan.SLICES`. A multi-host slice compiles the program every host of that job compiles.
+`uamix_jax.train.accelerators.SLICES`. A multi-host slice compiles the program every host of that job compiles.
+One GPU (a100-40gb, a100-80gb, h100-80gb) compiles with XLA:GPU when JAX's CUDA plugin is installed.
 """
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the local backend only traces; libtpu compiles without a TPU
-os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-1")  # silences libtpu's search for a local TPU
-os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 
 try:
     import uamix_jax  # noqa: F401
@@ -49,7 +48,7 @@ def main(argv: list[str]) -> None:
     if name not in tpu_plan.SLICES:
         raise app.UsageError(f"unknown TPU slice {name!r}; known slices: {', '.join(tpu_plan.SLICES)}")
     try:
-        tpu_plan.require_libtpu()
+        tpu_plan.require_compiler(tpu_plan.SLICES[name].platform)
     except ImportError as e:
         raise app.UsageError(str(e)) from None
     config = FLAGS.config
@@ -75,8 +74,10 @@ def main(argv: list[str]) -> None:
               f"does not", flush=True)
         return
     print(tpu_plan.format_plan(best))
+    bigger = [b for b in sorted(plans) if b > best.global_batch]
     print(f"largest global batch that fits: {best.global_batch} ({best.per_device_batch} per chip); "
-          f"{min(b for b in plans if b > best.global_batch)} does not ({len(plans)} compiles)", flush=True)
+          + (f"{bigger[0]} does not" if bigger else "the largest the step takes") + f" ({len(plans)} compiles)",
+          flush=True)
 
 
 if __name__ == "__main__":

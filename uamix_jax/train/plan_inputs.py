@@ -52,6 +52,16 @@ def batch_multiple(config: ml_collections.ConfigDict) -> int:
     return 1
 
 
+def allowed_global_batches(config: ml_collections.ConfigDict, devices: int, upto: int) -> list[int]:
+    """The global batches up to `upto` the task's step takes on `devices` devices, ascending: multiples of
+    devices × batch_multiple(config) and, for tuning, divisors of the queue size (its FIFO writes whole batches)."""
+    unit = devices * batch_multiple(config)
+    out = list(range(unit, upto + 1, unit))
+    if task_name(config).startswith("stage"):
+        out = [b for b in out if config.nnclr.queue_size % b == 0]
+    return out
+
+
 def _abstract(fn: Callable[[jax.Array], Any]) -> Any:
     """fn(key)'s result as a tree of jax.ShapeDtypeStruct (traced, never run)."""
     return jax.eval_shape(fn, jax.random.key(0))
