@@ -1,7 +1,14 @@
 """Device memory of the stage-2 training step (ViT-B, T = 1024): XLA's memory analysis of the compiled step.
 
     python benchmarks/memory.py [--size base] [--target-length 1024] [--batches 8,16,32,64]
-                                [--dtypes float32,bfloat16] [--remat]
+                                [--dtypes float32,bfloat16] [--remat] [--topology v5e-1] [--cpu]
+
+With libtpu installed (`pip install -e '.[tpu]'`) the step is compiled by XLA:TPU for one TPU slice (--topology,
+default v5e-1; `uamix_jax.train.tpu_plan`, no TPU needed): memory per chip as the TPU will hold it, bfloat16 at
+half the activations of float32, and batches over the chip's memory rejected by the compiler (their temporaries
+printed); the largest batch comes from the line through the batches that fit, under the chip's own limit. Without
+libtpu, or with --cpu, it is compiled for the local backend as below, and the figures are labelled as the CPU
+compiler's.
 
 For each per-device batch and compute dtype, the real stage-2 step (`uamix_jax.train.step`: fbank, two views,
 T-CutMix, ViT on both views, NNCLR head + EMA projector, 65,536-row queue, soft NNCLR loss, gradients of the top
@@ -41,6 +48,7 @@ from uamix_jax.audio.fbank import SAMPLE_RATE  # noqa: E402
 from uamix_jax.train import build, optim  # noqa: E402
 from uamix_jax.train.config_base import base_config  # noqa: E402
 from uamix_jax.train.step import data_mesh, make_train_step, shard_train_step  # noqa: E402
+from uamix_jax.train.accelerators import has_libtpu  # noqa: E402
 
 GIB = 2**30
 CAPACITIES_GIB = (16, 32, 80)
@@ -56,6 +64,20 @@ def stage2_config(size: str, target_length: int, dtype: str, batch: int, remat: 
     config.train.global_batch = batch
     config.mix.group = min(config.mix.group, batch)  # a mix group divides the per-device batch
     return config
+
+
+def tpu_step_memory(size: str, target_length: int, dtype: str, batch: int, remat: bool, topology: str
+                    ) -> dict[str, float]:
+    """Bytes per chip of the stage-2 step compiled by XLA:TPU for `topology` at `batch` per chip; 'peak' is None
+    when the compiler rejects it (then 'temp' is the temporaries it named)."""
+    from uamix_jax.train import tpu_plan
+
+    devices = tpu_plan.slice_mesh(topology)[0].devices.size
+    config = stage2_config(size, target_length, dtype, batch * devices, remat)
+    config.mix.group = min(config.mix.group, batch)
+    plan = tpu_plan.plan_step(config, topology, batch * devices)
+    return {"argument": plan.argument, "temp": plan.temp, "output": plan.output, "alias": plan.alias,
+            "peak": plan.total or None, "hbm": plan.hbm, "compile_s": plan.compile_s}
 
 
 def step_memory(size: str, target_length: int, dtype: str, batch: int, remat: bool = False) -> dict[str, float]:
@@ -102,32 +124,56 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="8,16,32,64", help="per-device batches (default: 8,16,32,64)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes (default: both)")
     parser.add_argument("--remat", action="store_true", help="recompute each block in the backward pass")
+    parser.add_argument("--topology", default="v5e-1", help="TPU slice to compile for when libtpu is installed")
+    parser.add_argument("--cpu", action="store_true", help="compile for the local backend even with libtpu")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     dtypes = args.dtypes.split(",")
+    tpu = has_libtpu() and not args.cpu
+    if tpu:  # the local backend only traces: keep libtpu from looking for a TPU here
+        jax.config.update("jax_platforms", "cpu")
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     backend = jax.default_backend()
-    label = "cpu compiler estimate" if backend == "cpu" else f"{backend} compiler plan"
-    print(f"stage-2 step, ViT-{args.size}, T = {args.target_length}, remat {args.remat}, one device "
-          f"({jax.devices()[0].device_kind}; {label})", flush=True)
+    if tpu:
+        label, device = f"TPU compiler, {args.topology}", f"{args.topology}, per chip"
+    else:
+        label = "cpu compiler estimate" if backend == "cpu" else f"{backend} compiler plan"
+        device = f"{jax.devices()[0].device_kind}; {label}"
+    print(f"stage-2 step, ViT-{args.size}, T = {args.target_length}, remat {args.remat}, one device ({device})",
+          flush=True)
     print(f"{'dtype':<9} {'batch':>5}  {'arguments':>9}  {'temporaries':>11}  {'peak':>8}  compile", flush=True)
-    peaks: dict[str, list[float]] = {d: [] for d in dtypes}
+    fitted: dict[str, list[tuple[int, float]]] = {d: [] for d in dtypes}
+    shown: dict[str, float | None] = {}
+    hbm = None
     for dtype in dtypes:
         for b in batches:
-            m = step_memory(args.size, args.target_length, dtype, b, args.remat)
-            peaks[dtype].append(m["peak"])
-            print(f"{dtype:<9} {b:>5}  {m['argument'] / GIB:>7.2f} G  {m['temp'] / GIB:>9.2f} G  "
-                  f"{m['peak'] / GIB:>6.2f} G  {m['compile_s']:.0f} s", flush=True)
+            if tpu:
+                m = tpu_step_memory(args.size, args.target_length, dtype, b, args.remat, args.topology)
+                hbm = m["hbm"]
+            else:
+                m = step_memory(args.size, args.target_length, dtype, b, args.remat)
+            if m["peak"] is not None:
+                fitted[dtype].append((b, m["peak"]))
+            shown[(dtype, b)] = m["peak"]
+            peak = f"{m['peak'] / GIB:>6.2f} G" if m["peak"] is not None else "rejected"
+            print(f"{dtype:<9} {b:>5}  {m['argument'] / GIB:>7.2f} G  {m['temp'] / GIB:>9.2f} G  {peak:>8}  "
+                  f"{m['compile_s']:.0f} s", flush=True)
+    capacities = (hbm / GIB,) if tpu else CAPACITIES_GIB
+    names = "/".join(f"{c:g}" for c in capacities)
     fits = []
     for dtype in dtypes:
-        if len(batches) >= 2:
-            largest = [largest_batch(batches, peaks[dtype], c * GIB) for c in CAPACITIES_GIB]
+        if len(fitted[dtype]) >= 2:
+            bs, ps = zip(*fitted[dtype])
+            largest = [largest_batch(list(bs), list(ps), c * GIB) for c in capacities]
             fits.append(f"{dtype} " + "/".join(str(x) for x in largest))
-            print(f"{dtype}: largest per-device batch under {'/'.join(map(str, CAPACITIES_GIB))} GiB: "
-                  f"{', '.join(str(x) for x in largest)} (linear fit)", flush=True)
+            print(f"{dtype}: largest per-device batch under {names} GiB: {', '.join(str(x) for x in largest)} "
+                  f"(linear fit)", flush=True)
     ref = batches[len(batches) // 2]
-    shown = ", ".join(f"{d} {peaks[d][batches.index(ref)] / GIB:.1f} GiB" for d in dtypes)
-    tail = f"; largest batch under {'/'.join(map(str, CAPACITIES_GIB))} GiB: {', '.join(fits)}" if fits else ""
-    print(f"stage-2 step memory (ViT-{args.size}, T={args.target_length}, {label}): B={ref}/device {shown}{tail}")
+    cells = [f"{d} " + (f"{shown[(d, ref)] / GIB:.1f} GiB" if shown.get((d, ref)) is not None else "rejected")
+             for d in dtypes]
+    tail = f"; largest batch under {names} GiB: {', '.join(fits)}" if fits else ""
+    print(f"stage-2 step memory (ViT-{args.size}, T={args.target_length}, {label}): B={ref}/device "
+          f"{', '.join(cells)}{tail}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 from tests.train_util import ROOT, load_config
 from uamix_jax.models.vit import AudioMAEEncoder
 from uamix_jax.train import optim, tpu_plan
-from uamix_jax.train.accelerators import CHIPS, no_persistent_cache, num_processes, slice_mesh
+from uamix_jax.train.accelerators import CHIPS, no_persistent_cache, num_processes, slice_mesh, slice_of
 from uamix_jax.train.hlo_collectives import collective_totals, collectives
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -129,5 +129,7 @@ def test_slices_describe_the_chips_they_name():
         chips = int(name.split("-")[1]) // (2 if s.chip in ("v4", "v5p") else 1)
         assert mesh.devices.size == chips, name
         assert {d.device_kind for d in mesh.devices.flat} == {CHIPS[s.chip].device_kind}
+        assert slice_of(mesh.devices.flat) == name  # what a notebook on that TPU finds
     assert num_processes(slice_mesh("v5e-16")[0]) == 4
     assert num_processes(slice_mesh("v5e-8")[0]) == 1
+    assert slice_of(jax.devices()) is None  # the CPU

@@ -131,6 +131,11 @@ def _has_module(name: str) -> bool:
         return False
 
 
+def has_libtpu() -> bool:
+    """Whether XLA:TPU (libtpu) is installed, so TPU plans can be compiled here."""
+    return _has_module("libtpu")
+
+
 def require_compiler(platform: str = "tpu") -> None:
     """Raises ImportError saying what to install when the compiler for `platform` ('tpu' or 'cuda') is missing."""
     if platform == "tpu" and importlib.util.find_spec("libtpu") is None:
@@ -162,6 +167,18 @@ def slice_mesh(name: str) -> tuple[Mesh, Slice]:
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     devices = topologies.get_topology_desc(s.topology, "tpu", **dict(s.options)).devices
     return Mesh(np.asarray(devices), (AXIS,)), s
+
+
+def slice_of(devices: Any) -> str | None:
+    """The name in SLICES of a set of TPU devices (`jax.devices()` on a TPU VM: v5e-1, v6e-8, v4-8, ...), or None
+    for other devices (CPU, GPU, TPU v2/v3) and TPU shapes not in the table."""
+    devices = list(devices)
+    kinds = {d.device_kind for d in devices}
+    chip = next((k for k, c in CHIPS.items() if len(kinds) == 1 and c.device_kind in kinds), None)
+    if chip is None or devices[0].platform != "tpu":
+        return None
+    name = f"{chip}-{len(devices) * (2 if chip in ('v4', 'v5p') else 1)}"
+    return name if name in SLICES else None
 
 
 def num_processes(mesh: Mesh) -> int:
