@@ -14,7 +14,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import libtpu  # noqa: F401  (a missing TPU compiler fails this module)
-import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 

@@ -68,34 +68,15 @@ _ONE_HOST = lambda x, y: (("chips_per_host_bounds", (x, y, 1)),)  # noqa: E731  
 _MEGACORE = (("chip_config_name", "megacore"),)  # v4: one device per chip (default: one per TensorCore)
 
 # Slice names count chips (v5e, v6e: one TensorCore each) or TensorCores (v4, v5p: two per chip, one device each).
-# Multi-host slices take libtpu's hosts of 2x2 chips (v5e, v6e: 4-chip VMs; v4, v5p: 4 chips a host).
+# Up to 8 chips is one host; larger slices take libtpu's hosts of 2x2 chips (v5e, v6e: the 4-chip VMs of multi-host
+# slices; v4, v5p: 4 chips a host), e.g. v5e-16 = 4 hosts.
+_SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}  # chips
+_SHAPES_3D = {8: "2x2x1", 16: "2x2x2", 32: "2x2x4", 64: "2x4x4", 128: "4x4x4"}  # TensorCores
 SLICES = {
-    "v5e-1": Slice("v5e", "v5e:1x1", _ONE_HOST(1, 1)),
-    "v5e-4": Slice("v5e", "v5e:2x2", _ONE_HOST(2, 2)),
-    "v5e-8": Slice("v5e", "v5e:2x4", _ONE_HOST(2, 4)),
-    "v5e-16": Slice("v5e", "v5e:4x4"),
-    "v5e-32": Slice("v5e", "v5e:4x8"),
-    "v5e-64": Slice("v5e", "v5e:8x8"),
-    "v5e-128": Slice("v5e", "v5e:8x16"),
-    "v5e-256": Slice("v5e", "v5e:16x16"),
-    "v6e-1": Slice("v6e", "v6e:1x1", _ONE_HOST(1, 1)),
-    "v6e-4": Slice("v6e", "v6e:2x2", _ONE_HOST(2, 2)),
-    "v6e-8": Slice("v6e", "v6e:2x4", _ONE_HOST(2, 4)),
-    "v6e-16": Slice("v6e", "v6e:4x4"),
-    "v6e-32": Slice("v6e", "v6e:4x8"),
-    "v6e-64": Slice("v6e", "v6e:8x8"),
-    "v6e-128": Slice("v6e", "v6e:8x16"),
-    "v6e-256": Slice("v6e", "v6e:16x16"),
-    "v4-8": Slice("v4", "v4:2x2x1", _MEGACORE),
-    "v4-16": Slice("v4", "v4:2x2x2", _MEGACORE),
-    "v4-32": Slice("v4", "v4:2x2x4", _MEGACORE),
-    "v4-64": Slice("v4", "v4:2x4x4", _MEGACORE),
-    "v4-128": Slice("v4", "v4:4x4x4", _MEGACORE),
-    "v5p-8": Slice("v5p", "v5p:2x2x1"),
-    "v5p-16": Slice("v5p", "v5p:2x2x2"),
-    "v5p-32": Slice("v5p", "v5p:2x2x4"),
-    "v5p-64": Slice("v5p", "v5p:2x4x4"),
-    "v5p-128": Slice("v5p", "v5p:4x4x4"),
+    **{f"{chip}-{n}": Slice(chip, f"{chip}:{shape}", _ONE_HOST(*map(int, shape.split("x"))) if n <= 8 else ())
+       for chip in ("v5e", "v6e") for n, shape in _SHAPES_2D.items()},
+    **{f"{chip}-{n}": Slice(chip, f"{chip}:{shape}", _MEGACORE if chip == "v4" else ())
+       for chip in ("v4", "v5p") for n, shape in _SHAPES_3D.items()},
 }
 
 # XLA's device descriptions of these GPUs (xla/backends/gpu/target_config/specs/*.txtpb in the OpenXLA sources),
@@ -217,7 +198,9 @@ def compiler_hbm_bytes(mesh: Mesh, chip: str) -> int:
         return GPU_MEMORY[chip]
     if chip not in _hbm_cache:
         big = jax.ShapeDtypeStruct((2**20,), jnp.float32, sharding=NamedSharding(mesh, P()))
-        too_much = lambda x: jnp.sort(jnp.broadcast_to(x, (2**15, 2**20)) * jnp.arange(2.0**15)[:, None], 1).sum(0)  # noqa: E731
+        def too_much(x: jax.Array) -> jax.Array:  # 128 GiB of sorted rows
+            return jnp.sort(jnp.broadcast_to(x, (2**15, 2**20)) * jnp.arange(2.0**15)[:, None], axis=1).sum(0)
+
         limit = None
         try:
             with no_persistent_cache():

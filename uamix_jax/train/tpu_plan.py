@@ -228,8 +228,8 @@ def format_plan(plan: StepPlan) -> str:
                                 f"{g(plan.hbm)} HBM ({plan.rejected})"])
     verdict = "fits" if plan.fits else "does NOT fit"
     lines = [head,
-             f"  memory per chip: arguments {g(plan.argument)}, outputs {g(plan.output)}, temporaries "
-             f"{g(plan.temp)}, generated code {g(plan.code)}, donated (counted once) {g(plan.alias)}",
+             (f"  memory per chip: arguments {g(plan.argument)}, outputs {g(plan.output)}, temporaries "
+              f"{g(plan.temp)}, generated code {g(plan.code)}, donated (counted once) {g(plan.alias)}"),
              f"  total {g(plan.total)} of {g(plan.hbm)} HBM: {verdict}, headroom {g(plan.hbm - plan.total)}",
              (f"  FLOPs per step per chip {plan.flops:.3e}; floor at 100 % of the bf16 peak "
               f"({chip.bf16_flops / 1e12:.0f} TFLOP/s): {plan.floor_s * 1e3:.1f} ms per step") if plan.flops else
