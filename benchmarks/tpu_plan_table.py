@@ -138,7 +138,18 @@ def from_line(results: Results, config, task: str, dtype: str, slice_name: str, 
                                                                        devices, line)}
 
 
-def markdown(results: Results, tasks, dtypes, slices, batches: dict[str, int]) -> str:
+def flops_per_sample(rows: dict) -> dict[tuple[str, str], float]:
+    """{(task, dtype): FLOPs per clip} from the compiles in `rows` that report FLOPs (the step's FLOPs are the
+    model's: XLA:GPU, which reports none without a device, takes them from the same step's TPU compiles)."""
+    out = {}
+    for key, v in rows.items():
+        if not key.startswith("largest|") and v.get("flops"):
+            out.setdefault(tuple(key.split("|")[:2]), v["flops"] / v["per_device_batch"])
+    return out
+
+
+def markdown(results: Results, tasks, dtypes, slices, batches: dict[str, int],
+             per_sample: dict[tuple[str, str], float] | None = None) -> str:
     """The table: one row per task and slice; per dtype, GiB per chip at the config's batch (fits?), the largest
     batch per chip, and the step-time floor at 100 % bf16 peak."""
     head = "| task (global batch) | slice | " + " | ".join(
@@ -160,11 +171,15 @@ def markdown(results: Results, tasks, dtypes, slices, batches: dict[str, int]) -
                        (f"{own['total'] / tpu_plan.GIB:.1f} ✗" if own["total"] else
                         f"> {own['temp'] / tpu_plan.GIB:.0f} ✗"))
                 largest = summary.get("confirmed")
+                if largest is not None and summary.get("line"):
+                    largest = f"{largest} ({summary['line']:.0f})"
+                peak = tpu_plan.CHIPS[tpu_plan.SLICES[s].chip].bf16_flops
                 if own["flops"]:
                     floor = f"{own['floor_s'] * 1e3:.0f} ms"
-                else:  # rejected: FLOPs grow with the batch, scale those of a compile that fitted here
-                    ok = [(b, v) for b, v in found.items() if v["flops"]]
-                    floor = "–" if not ok else f"≈ {ok[0][1]['floor_s'] * config_batch / ok[0][0] * 1e3:.0f} ms"
+                elif (task, d) in (per_sample or {}):  # rejected (or no FLOPs from this compiler): per clip × clips
+                    floor = f"≈ {per_sample[(task, d)] * own['per_device_batch'] / peak * 1e3:.0f} ms"
+                else:
+                    floor = "–"
                 cells += [gib, "…" if largest is None else str(largest), floor]
             lines.append(f"| {task} ({batches[task]}) | {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -178,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slices", default=",".join(SLICES))
     parser.add_argument("--smoke", action="store_true", help="test-suite stage-2 config on v5e-1, temporary file")
     parser.add_argument("--table-only", action="store_true", help="print the table from --out, compile nothing")
+    parser.add_argument("--flops-from", default="", help="a results file whose compiles report FLOPs (GPU tables)")
     args = parser.parse_args(argv)
     tasks, dtypes, slices = args.tasks.split(","), args.dtypes.split(","), args.slices.split(",")
     if args.smoke:
@@ -186,15 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     tpu_plan.require_compiler()
     results = Results(args.out)
     start = time.perf_counter()
-    # the config's own batch on every slice first, then the largest batches, dtype by dtype: an interrupted run
-    # has the most useful cells
+    # task by task (stage 2 first): the config's own batch on every slice, then the largest batches; dtype by dtype
     for dtype in ([] if args.table_only else dtypes):
         configs = {task: load_config(task, dtype, args.smoke) for task in tasks}
         for task in tasks:
-            for s in slices:
-                results.get(configs[task], task, dtype, s, configs[task].train.global_batch)
-        for task in tasks:
             config = configs[task]
+            for s in slices:
+                results.get(config, task, dtype, s, config.train.global_batch)
             lines: dict[str, dict] = {}  # chip → the line fitted on its first slice
             for s in sorted(slices, key=lambda n: FIT_ORDER.index(n) if n in FIT_ORDER else len(FIT_ORDER)):
                 devices = slice_mesh(s)[0].devices.size
@@ -210,7 +224,10 @@ def main(argv: list[str] | None = None) -> None:
                 if results.rows[key].get("slope", 0) > 0:
                     lines.setdefault(chip, results.rows[key])
     batches = {task: load_config(task, dtypes[0], args.smoke).train.global_batch for task in tasks}
-    print(markdown(results, tasks, dtypes, slices, batches))
+    per_sample = flops_per_sample(results.rows)
+    if args.flops_from:
+        per_sample = {**flops_per_sample(json.load(open(args.flops_from))), **per_sample}
+    print(markdown(results, tasks, dtypes, slices, batches, per_sample))
     print(f"tpu plan table: {len(results.rows)} entries in {args.out}, {time.perf_counter() - start:.0f} s")
 
 
