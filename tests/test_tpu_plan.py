@@ -2,8 +2,8 @@
 
 libtpu is in the test extra; without it these tests fail (the import below), they do not skip. Each real-step
 compile takes 30-60 s on 2 cores whatever the model size (XLA:TPU's code generation per fusion dominates), so the
-module compiles the 'mini' stage-2 step twice in all (batch 16, then 8 for the max-batch search) and lowers ViT-B
-without compiling it.
+module compiles the 'mini' stage-2 step twice in all (batch 16, then 8 for the max-batch search), in one test so that
+pytest-xdist's workers do not each compile it, and lowers ViT-B without compiling it.
 """
 from __future__ import annotations
 
@@ -33,15 +33,17 @@ def _mini_stage2():
     return config
 
 
-@pytest.fixture(scope="module")
-def mini_plan():
-    """The 'mini' stage-2 step (test config: T = 128, 1.5 s clips, queue 64, mix groups of 2) on v5e-4, batch 16."""
+def test_mini_stage2_step_on_a_small_tpu_slice():
+    """The 'mini' stage-2 step (test config: T = 128, 1.5 s clips, queue 64, mix groups of 2) on v5e-4, batch 16:
+    it compiles, its FLOPs agree with the matmul count, and --max-batch stops where the next batch does not fit."""
     config = _mini_stage2()
-    return config, tpu_plan.plan_step(config, "v5e-4", 16)
+    plan = tpu_plan.plan_step(config, "v5e-4", 16)
+    _check_compiled(config, plan)
+    _check_flops(config, plan)
+    _check_max_batch(config, plan)
 
 
-def test_stage2_step_compiles_for_a_small_tpu_slice(mini_plan):
-    config, plan = mini_plan
+def _check_compiled(config, plan):
     assert (plan.task, plan.devices, plan.processes, plan.per_device_batch) == ("stage2", 4, 1, 4)
     assert plan.total == plan.argument + plan.output + plan.temp + plan.code - plan.alias
     assert plan.fits and plan.hbm == pytest.approx(15.75 * tpu_plan.GIB, rel=0.01)  # the compiler's v5e limit
@@ -60,7 +62,7 @@ def test_stage2_step_compiles_for_a_small_tpu_slice(mini_plan):
     assert plan.largest_collectives[0].kind == "all-reduce" and "transpose(jvp(" in plan.largest_collectives[0].op_name
 
 
-def test_flops_per_step_agree_with_the_matmul_count(mini_plan):
+def _check_flops(config, plan):
     """Cost analysis vs benchmarks/train_step.py's analytic matmul FLOPs, per chip (batch 4).
 
     The count is a lower bound up to < 1 % (it gives the first trained block an input gradient the step does not
@@ -68,7 +70,6 @@ def test_flops_per_step_agree_with_the_matmul_count(mini_plan):
     ~70 MFLOP a 1.5-s clip, 6-7 % of this step) and elementwise work (LayerNorm, GELU, softmax, BatchNorm, AdamW,
     ~5-8 % at width 192). Measured 1.15; tolerance [0.99, 1.25].
     """
-    config, plan = mini_plan
     enc = AudioMAEEncoder.from_size("mini", target_length=128)
     h = config.head
     analytic = step_flops(2, 4, enc.width, enc.depth, enc.mlp_dim, enc.num_patches,
@@ -77,8 +78,8 @@ def test_flops_per_step_agree_with_the_matmul_count(mini_plan):
     assert plan.floor_s == pytest.approx(plan.flops / 197e12)
 
 
-def test_max_batch_returns_a_batch_that_fits_while_the_next_does_not(mini_plan):
-    config, plan16 = mini_plan
+def _check_max_batch(config, plan16):
+    """--max-batch under an HBM just below batch 16's total returns 8, which fits, while 16 does not."""
     hbm = plan16.total - 1  # 16 no longer fits; the search must come down to 8 (v5e-4 × groups of 2)
     best, plans = tpu_plan.max_batch(config, "v5e-4", hbm, known={16: plan16})
     assert best is not None and best.global_batch == 8
