@@ -90,7 +90,7 @@ def _replicated(tree: Any, sharding: NamedSharding) -> Any:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
 
 
-def _queue_cost(config: ml_collections.ConfigDict, state: Any, per_device: int) -> dict[str, float]:
+def _queue_cost(state: Any, per_device: int) -> dict[str, float]:
     """The NNCLR queue per chip: its bytes in the state, the look-up's FLOPs (both views, 2·b·K·D each) and the
     similarity rows it builds ([b, K] float32 per view)."""
     if state.queue is None:
@@ -134,7 +134,7 @@ def plan_step(config: ml_collections.ConfigDict, slice_name: str, global_batch: 
     hbm = int(hbm_bytes or compiler_hbm_bytes(mesh, s.chip))
     lowered, state = lower_step(config, mesh, batch)
     plan = StepPlan(task_name(config), slice_name, s.chip, devices, processes, batch, hbm, fits=False,
-                    queue=_queue_cost(config, state, batch // devices))
+                    queue=_queue_cost(state, batch // devices))
     start = time.perf_counter()
     try:
         with no_persistent_cache():
