@@ -36,7 +36,10 @@ setup(
         "convert": ["torch>=2.4"],
         # tfds.data_source over ArrayRecord datasets whose features need TensorFlow to decode (e.g. Audio).
         "tfds": ["tensorflow-cpu>=2.21"],
+        # libtpu, the TPU compiler and runtime: training on a TPU VM, and tools/plan_tpu.py on any machine.
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "test": [
+            "jax[tpu]>=0.10.2,<0.11",  # the TPU plan's tests compile for TPU slices without a TPU
             "pytest>=8",
             "pytest-xdist>=3.5",
             "portpicker>=1.6",

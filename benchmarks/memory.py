@@ -1,9 +1,16 @@
 """Device memory of the stage-2 training step (ViT-B, T = 1024): XLA's memory analysis of the compiled step.
 
     python benchmarks/memory.py [--size base] [--target-length 1024] [--batches 8,16,32,64]
-                                [--dtypes float32,bfloat16] [--remat]
+                                [--dtypes float32,bfloat16] [--remat] [--topology v5e-1] [--cpu]
 
-For each per-device batch and compute dtype, the real stage-2 step (`uamix_jax.train.step`: fbank, two views,
+With libtpu installed (`pip install -e '.[tpu]'`) the step is compiled by XLA:TPU for one TPU slice (--topology,
+default v5e-1; `uamix_jax.train.tpu_plan`, no TPU needed): memory per chip as the TPU will hold it, bfloat16 at
+half the activations of float32, and batches over the chip's memory rejected by the compiler (their temporaries
+printed); the largest batch comes from the line through the batches that fit, under the chip's own limit. Without
+libtpu, or with --cpu, it is compiled for the local backend as below, and the figures are labelled as the CPU
+compiler's.
+
+For each per-device batch and compute dtype, the real stage-2 step (`uamix_jax.train.tune_step`: fbank, two views,
 T-CutMix, ViT on both views, NNCLR head + EMA projector, 65,536-row queue, soft NNCLR loss, gradients of the top
 half, AdamW, EMA and queue updates; state donated) is lowered on abstract inputs (nothing is allocated) and compiled
 for the default backend; `compiled.memory_analysis()` gives the bytes of its arguments (parameters, optimizer state,
@@ -37,47 +44,48 @@ except ImportError:  # a source checkout without `pip install -e .`
 
 import jax  # noqa: E402
 
-from uamix_jax.audio.fbank import SAMPLE_RATE  # noqa: E402
-from uamix_jax.train import build, optim  # noqa: E402
-from uamix_jax.train.config_base import base_config  # noqa: E402
-from uamix_jax.train.step import data_mesh, make_train_step, shard_train_step  # noqa: E402
+from uamix_jax.config_base import tuning_config  # noqa: E402
+from uamix_jax.sharding import data_mesh  # noqa: E402
+from uamix_jax.train.accelerators import has_libtpu  # noqa: E402
 
 GIB = 2**30
 CAPACITIES_GIB = (16, 32, 80)
 
 
-def stage2_config(size: str, target_length: int, dtype: str, batch: int, remat: bool):
-    """The stage-2 recipe (configs/stage2.py's numbers: top_k 20, EMA 0.99, 65,536-row queue) at one device."""
-    config = base_config()
-    config.stage = 2
+def stage2_config(size: str, target_length: int, dtype: str, batch: int, remat: bool, per_device: int):
+    """configs/stage2.py's recipe (top_k 20, EMA 0.99, 65,536-row queue) at global `batch`, mix groups fitted to
+    `per_device` rows."""
+    config = tuning_config(stage=2)
     config.dtype = dtype
     config.model.update(size=size, target_length=target_length, remat=remat)
-    config.nnclr.update(top_k=20, ema_momentum=0.99)
+    config.nnclr.update(temperature=0.15, top_k=20, ema_momentum=0.99)
     config.train.global_batch = batch
-    config.mix.group = min(config.mix.group, batch)  # a mix group divides the per-device batch
+    config.mix.group = min(config.mix.group, per_device)  # a mix group divides the per-device batch
     return config
 
 
+def tpu_step_memory(size: str, target_length: int, dtype: str, batch: int, remat: bool, topology: str
+                    ) -> dict[str, float]:
+    """Bytes per chip of the stage-2 step compiled by XLA:TPU for `topology` at `batch` per chip; 'peak' is None
+    when the compiler rejects it (then 'temp' is the temporaries it named)."""
+    from uamix_jax.train import tpu_plan
+
+    devices = tpu_plan.slice_mesh(topology)[0].devices.size
+    config = stage2_config(size, target_length, dtype, batch * devices, remat, batch)
+    plan = tpu_plan.plan_step(config, topology, batch * devices)
+    return {"argument": plan.argument, "temp": plan.temp, "output": plan.output, "alias": plan.alias,
+            "peak": plan.total or None, "hbm": plan.hbm, "compile_s": plan.compile_s}
+
+
 def step_memory(size: str, target_length: int, dtype: str, batch: int, remat: bool = False) -> dict[str, float]:
-    """Bytes of the compiled stage-2 step at per-device `batch` on one device: argument, temp, output, alias, peak."""
-    config = stage2_config(size, target_length, dtype, batch, remat)
-    encoder, head = build.build_models(config)
-    holder = {}
+    """Bytes of the compiled stage-2 step at per-device `batch` on one local device (`tpu_plan.lower_step`: the
+    trainer's sharded step from abstract shapes): argument, temp, output, alias, peak."""
+    from uamix_jax.train.tpu_plan import lower_step
 
-    def fresh(key):
-        state, labels, _ = build.create_state(config, encoder, head, 1000, key)
-        holder["labels"] = labels  # strings: a static side result of the trace
-        return state
-
-    state = jax.eval_shape(fresh, jax.random.key(0))  # abstract: nothing allocated
-    step = make_train_step(encoder, head, build.step_options(config), optim.trainable_mask(holder["labels"]))
-    mesh = data_mesh(jax.devices()[:1])
-    n = int(round(config.data.clip_seconds * SAMPLE_RATE))
-    shapes = {"waveform": ((batch, n), np.float32), "length": ((batch,), np.int32), "index": ((batch,), np.int32),
-              "label": ((batch,), np.int32)}
-    batch_abstract = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
+    config = stage2_config(size, target_length, dtype, batch, remat, batch)
+    lowered, _ = lower_step(config, data_mesh(jax.devices()[:1]), batch)
     start = time.perf_counter()
-    compiled = shard_train_step(step, mesh).lower(state, batch_abstract, jax.random.key(1)).compile()
+    compiled = lowered.compile()
     seconds = time.perf_counter() - start
     m = compiled.memory_analysis()
     out = {"argument": m.argument_size_in_bytes, "temp": m.temp_size_in_bytes, "output": m.output_size_in_bytes,
@@ -102,32 +110,60 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="8,16,32,64", help="per-device batches (default: 8,16,32,64)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes (default: both)")
     parser.add_argument("--remat", action="store_true", help="recompute each block in the backward pass")
+    parser.add_argument("--topology", default="v5e-1", help="TPU slice to compile for when libtpu is installed")
+    parser.add_argument("--cpu", action="store_true", help="compile for the local backend even with libtpu")
+    parser.add_argument("--smoke", action="store_true",
+                        help="checks the script: the 'test' ViT at T = 128, batches 2 and 4, float32, local backend")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.target_length, args.batches, args.dtypes, args.cpu = "test", 128, "2,4", "float32", True
     batches = [int(b) for b in args.batches.split(",")]
     dtypes = args.dtypes.split(",")
+    tpu = has_libtpu() and not args.cpu
+    if tpu:  # the local backend only traces: keep libtpu from looking for a TPU here
+        jax.config.update("jax_platforms", "cpu")
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     backend = jax.default_backend()
-    label = "cpu compiler estimate" if backend == "cpu" else f"{backend} compiler plan"
-    print(f"stage-2 step, ViT-{args.size}, T = {args.target_length}, remat {args.remat}, one device "
-          f"({jax.devices()[0].device_kind}; {label})", flush=True)
+    if tpu:
+        label, device = f"TPU compiler, {args.topology}", f"{args.topology}, per chip"
+    else:
+        label = "cpu compiler estimate" if backend == "cpu" else f"{backend} compiler plan"
+        device = f"{jax.devices()[0].device_kind}; {label}"
+    print(f"stage-2 step, ViT-{args.size}, T = {args.target_length}, remat {args.remat}, one device ({device})",
+          flush=True)
     print(f"{'dtype':<9} {'batch':>5}  {'arguments':>9}  {'temporaries':>11}  {'peak':>8}  compile", flush=True)
-    peaks: dict[str, list[float]] = {d: [] for d in dtypes}
+    fitted: dict[str, list[tuple[int, float]]] = {d: [] for d in dtypes}
+    shown: dict[str, float | None] = {}
+    hbm = None
     for dtype in dtypes:
         for b in batches:
-            m = step_memory(args.size, args.target_length, dtype, b, args.remat)
-            peaks[dtype].append(m["peak"])
-            print(f"{dtype:<9} {b:>5}  {m['argument'] / GIB:>7.2f} G  {m['temp'] / GIB:>9.2f} G  "
-                  f"{m['peak'] / GIB:>6.2f} G  {m['compile_s']:.0f} s", flush=True)
+            if tpu:
+                m = tpu_step_memory(args.size, args.target_length, dtype, b, args.remat, args.topology)
+                hbm = m["hbm"]
+            else:
+                m = step_memory(args.size, args.target_length, dtype, b, args.remat)
+            if m["peak"] is not None:
+                fitted[dtype].append((b, m["peak"]))
+            shown[(dtype, b)] = m["peak"]
+            peak = f"{m['peak'] / GIB:>6.2f} G" if m["peak"] is not None else "rejected"
+            print(f"{dtype:<9} {b:>5}  {m['argument'] / GIB:>7.2f} G  {m['temp'] / GIB:>9.2f} G  {peak:>8}  "
+                  f"{m['compile_s']:.0f} s", flush=True)
+    capacities = (hbm / GIB,) if tpu else CAPACITIES_GIB
+    names = "/".join(f"{c:g}" for c in capacities)
     fits = []
     for dtype in dtypes:
-        if len(batches) >= 2:
-            largest = [largest_batch(batches, peaks[dtype], c * GIB) for c in CAPACITIES_GIB]
+        if len(fitted[dtype]) >= 2:
+            bs, ps = zip(*fitted[dtype])
+            largest = [largest_batch(list(bs), list(ps), c * GIB) for c in capacities]
             fits.append(f"{dtype} " + "/".join(str(x) for x in largest))
-            print(f"{dtype}: largest per-device batch under {'/'.join(map(str, CAPACITIES_GIB))} GiB: "
-                  f"{', '.join(str(x) for x in largest)} (linear fit)", flush=True)
+            print(f"{dtype}: largest per-device batch under {names} GiB: {', '.join(str(x) for x in largest)} "
+                  f"(linear fit)", flush=True)
     ref = batches[len(batches) // 2]
-    shown = ", ".join(f"{d} {peaks[d][batches.index(ref)] / GIB:.1f} GiB" for d in dtypes)
-    tail = f"; largest batch under {'/'.join(map(str, CAPACITIES_GIB))} GiB: {', '.join(fits)}" if fits else ""
-    print(f"stage-2 step memory (ViT-{args.size}, T={args.target_length}, {label}): B={ref}/device {shown}{tail}")
+    cells = [f"{d} " + (f"{shown[(d, ref)] / GIB:.1f} GiB" if shown.get((d, ref)) is not None else "rejected")
+             for d in dtypes]
+    tail = f"; largest batch under {names} GiB: {', '.join(fits)}" if fits else ""
+    print(f"stage-2 step memory (ViT-{args.size}, T={args.target_length}, {label}): B={ref}/device "
+          f"{', '.join(cells)}{tail}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Every benchmark script under benchmarks/ except replicate.py, offline_audio.py (tests/test_replicate.py,
-tests/test_offline_audio.py) and memory.py runs its main(["--smoke"]) in this process and prints its figure line,
-whose figures are positive numbers; the --replicate preset is replicate.py's own configs.
+"""Every benchmark script under benchmarks/ except replicate.py and offline_audio.py (tests/test_replicate.py,
+tests/test_offline_audio.py) runs its main(["--smoke"]) in this process and prints its figure line, whose figures
+are positive numbers (tpu_plan_table.py prints its table from the committed results: its compiles are
+tests/test_tpu_plan.py's); the --replicate preset is replicate.py's own configs.
 
 In-process on purpose: a subprocess per script would add ~10 s of start-up each. What remains is compilation: the
 tuning, pretraining and fine-tuning steps (and their state initialisers) at the 'test' size, ~15 CPU-seconds each;
@@ -33,6 +34,11 @@ SMOKE_RUNS = {
     "fewshot": (["--smoke"], rf"fewshot: 50 episodes {NUMBER} s; ViT-test embedding {NUMBER} clips/s"),
     "fbank": (["--smoke"], rf"kaldi_fbank vs kaldi-native-fbank: {NUMBER}x \(target >= 2x\)"),
     "input_pipeline": (["--smoke"], rf"input pipeline: 44\.1k {NUMBER} clips/s, 16k {NUMBER} clips/s"),
+    # the table from its committed results (every ViT-B compile takes minutes; tests/test_tpu_plan.py compiles)
+    "tpu_plan_table": (["--table-only", "--out", os.path.join(BENCHMARKS, "tpu_plan.json")],
+                       rf"tpu plan table: {NUMBER} entries in .*tpu_plan\.json, \d+ s"),
+    "memory": (["--smoke"], rf"stage-2 step memory \(ViT-test, T=128, cpu compiler estimate\): B=4/device float32 "
+                            rf"{NUMBER} GiB; largest batch under 16/32/80 GiB: float32 {NUMBER}/{NUMBER}/{NUMBER}"),
 }
 
 
@@ -54,7 +60,7 @@ def _script(name: str):
 def test_every_script_has_a_smoke_run():
     scripts = {f[:-3] for f in os.listdir(BENCHMARKS) if f.endswith(".py")}
     helpers = {"cpu_malloc", "step_bench", "replicate_report"}  # imported by the scripts, no main
-    elsewhere = {"replicate", "offline_audio", "memory"}
+    elsewhere = {"replicate", "offline_audio"}
     assert scripts - helpers - elsewhere == set(SMOKE_RUNS)
 
 
