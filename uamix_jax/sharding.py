@@ -28,6 +28,18 @@ def shard_step(step: Callable, mesh: Mesh, *, donate: bool = True) -> Callable:
     return jax.jit(sharded, donate_argnums=(0,) if donate else ())
 
 
+def device_varying(tree: Any) -> Any:
+    """`tree`, replicated over AXIS inside a step, marked as varying per device, at its own dtype.
+
+    Differentiating a per-device loss with respect to replicated parameters makes shard_map insert the gradient's
+    psum where the replicated value first meets device-varying data. Under a bfloat16 compute dtype that is after the
+    model has cast its float32 parameters, so the devices' gradients would be summed in bfloat16 (seen in XLA:TPU's
+    HLO). Marking the parameters varying first (`jax.lax.pcast(..., to="varying")`, whose transpose is that psum) puts
+    the sum on the float32 gradients, as data-parallel mixed precision does elsewhere.
+    """
+    return jax.lax.pcast(tree, AXIS, to="varying")
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Rows split over AXIS."""
     return NamedSharding(mesh, P(AXIS))

@@ -30,7 +30,7 @@ from uamix_jax.audio.augment import augment_view
 from uamix_jax.audio.features import waveform_to_fbank
 from uamix_jax.models.masking import structured_keep_indices
 from uamix_jax.models.vit import AudioMAEEncoder
-from uamix_jax.sharding import AXIS
+from uamix_jax.sharding import AXIS, device_varying
 from uamix_jax.train.state import TrainState
 
 HEAD_INIT_STD = 2e-5  # AudioMAE: trunc_normal_(head.weight, std=2e-5)
@@ -174,6 +174,7 @@ def make_finetune_step(encoder: AudioMAEEncoder, head: nn.Module, options: Finet
         drop_keys = jax.vmap(lambda i: jax.random.fold_in(k_drop, i))(gidx)
 
         def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
+            params = device_varying(params)  # the gradients are summed over devices in float32
             emb = encode(params["encoder"], x, keep, drop_keys)
             logits = head.apply({"params": params["head"]}, emb)
             per_sample = classification_loss(logits, targets, multilabel=o.multilabel,

@@ -26,7 +26,7 @@ from uamix_jax.audio.features import waveform_to_fbank
 from uamix_jax.models.mae import MAEDecoder, num_keep, patchify, random_masking
 from uamix_jax.models.vit import AudioMAEEncoder
 from uamix_jax.objectives.mae import mae_loss
-from uamix_jax.sharding import AXIS
+from uamix_jax.sharding import AXIS, device_varying
 from uamix_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -68,6 +68,7 @@ def make_pretrain_step(encoder: AudioMAEEncoder, decoder: MAEDecoder, options: P
         keep, mask = random_masking(k_mask, gidx, encoder.num_patches, n_keep)
 
         def loss_fn(params: Any) -> jax.Array:
+            params = device_varying(params)  # the gradients are summed over devices in float32
             tokens, _ = encoder.apply({"params": params["encoder"]}, x, keep=keep)
             pred = decoder.apply({"params": params["decoder"]}, tokens, keep)
             return mae_loss(pred, target, mask, norm_pix=o.norm_pix_loss, axis_name=AXIS)

@@ -7,7 +7,8 @@ updates. Every random draw is keyed by fold_in(step key, global sample or group 
 the same global batch gives the same step on 1, 4 or 8 devices.
 
 The loss is the global mean (psum over the axis), so with shard_map's default check_vma the gradients w.r.t. the
-replicated parameters come out already reduced over devices: no extra pmean.
+replicated parameters come out already reduced over devices: no extra pmean. The trained parameters enter the loss
+through `sharding.device_varying`, so that reduction sums float32 gradients, also under a bfloat16 compute dtype.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from uamix_jax.objectives.losses import soft_nnclr_loss, soft_targets
 from uamix_jax.objectives.mixing import mix_groups
 from uamix_jax.objectives.neighbours import nearest_neighbour_with_index
 from uamix_jax.objectives.queue import update_queue
-from uamix_jax.sharding import AXIS
+from uamix_jax.sharding import AXIS, device_varying
 from uamix_jax.train.optim import merge_trainable, split_trainable
 from uamix_jax.train.state import TrainState, ema_update
 
@@ -110,7 +111,7 @@ def make_tune_step(encoder: AudioMAEEncoder, head: NNCLRHead, options: TuneOptio
             emb_frozen = jax.lax.stop_gradient(emb_frozen)
 
         def loss_fn(train_params):
-            params = merge_trainable(train_params, frozen)
+            params = merge_trainable(device_varying(train_params), frozen)  # float32 gradient sums
             if o.stage == 1:
                 emb = emb_frozen
             else:
