@@ -2,8 +2,8 @@
 
 libtpu is in the test extra; without it these tests fail (the import below), they do not skip. Each real-step
 compile takes 30-60 s on 2 cores whatever the model size (XLA:TPU's code generation per fusion dominates), so the
-module compiles the 'mini' stage-2 step twice in all (batch 16, then 8 for the max-batch search), in one test so that
-pytest-xdist's workers do not each compile it, and lowers ViT-B without compiling it.
+module compiles the 'mini' stage-2 step once (batch 16), in one test so that pytest-xdist's workers do not each compile
+it (the max-batch search runs on a memory line through that plan), and lowers ViT-B without compiling it.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def _mini_stage2():
 
 def test_mini_stage2_step_on_a_small_tpu_slice():
     """The 'mini' stage-2 step (test config: T = 128, 1.5 s clips, queue 64, mix groups of 2) on v5e-4, batch 16:
-    it compiles, its FLOPs agree with the matmul count, and --max-batch stops where the next batch does not fit."""
+    it compiles, its FLOPs agree with the matmul count, and --max-batch's search finds the boundary of a memory line
+    through this plan."""
     config = _mini_stage2()
     plan = tpu_plan.plan_step(config, "v5e-4", 16)
     _check_compiled(config, plan)
@@ -80,13 +81,35 @@ def _check_flops(config, plan):
 
 
 def _check_max_batch(config, plan16):
-    """--max-batch under an HBM just below batch 16's total returns 8, which fits, while 16 does not."""
-    hbm = plan16.total - 1  # 16 no longer fits; the search must come down to 8 (v5e-4 × groups of 2)
-    best, plans = tpu_plan.max_batch(config, "v5e-4", hbm, known={16: plan16})
-    assert best is not None and best.global_batch == 8
-    assert best.fits and best.total <= hbm and best.hbm == hbm
-    assert not plans[16].fits and plans[16].total > hbm
-    assert sorted(plans) == [8, 16]  # the allowed batches of this step below the boundary: 8, 16 (queue 64)
+    """--max-batch on a memory line through batch 16's real plan (fixed + per-clip · b, as the ViT-B compiles
+    measured it): for every HBM it returns the largest batch the step takes (v5e-4 × mix groups of 2, dividing the
+    64-row queue: 8, 16, 32, 64) whose total fits, compiling at most four of them."""
+    import dataclasses
+
+    per_clip = plan16.total // 64  # a quarter of the step's bytes scale with the batch
+    fixed = plan16.total - 16 * per_clip
+    compiled = []
+
+    def fake_plan_step(config, slice_name, global_batch, hbm_bytes):
+        compiled.append(global_batch)
+        total = fixed + per_clip * global_batch
+        return dataclasses.replace(plan16, global_batch=global_batch, total=total, hbm=hbm_bytes,
+                                   fits=total <= hbm_bytes)
+
+    allowed = [8, 16, 32, 64]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tpu_plan, "plan_step", fake_plan_step)
+    try:
+        for hbm in [fixed + per_clip * b + d for b in allowed for d in (-1, 0)] + [fixed - 1, 10 * plan16.total]:
+            compiled.clear()
+            best, plans = tpu_plan.max_batch(config, "v5e-4", hbm)
+            expected = [b for b in allowed if fixed + per_clip * b <= hbm]
+            assert (best.global_batch if best else None) == (expected[-1] if expected else None), hbm
+            assert best is None or (best.fits and best.total <= hbm and best.hbm == hbm)
+            assert all(not plans[b].fits for b in plans if b > (best.global_batch if best else 0))
+            assert len(compiled) == len(set(compiled)) <= 4
+    finally:
+        mp.undo()
 
 
 def test_collectives_are_counted_by_their_operand_bytes():
