@@ -57,6 +57,9 @@ def test_notebook_runs_top_to_bottom_with_smoke(tmp_path, monkeypatch):
     images = [o for c in code for o in c["outputs"] if "image/png" in o.get("data", {})]
     assert len(images) == 3  # training curves, few-shot bars, spectrograms
 
+    printed = "".join(t for c in code for o in c["outputs"] for t in o.get("text", []))
+    assert "CPU: no TPU to plan for; keeping stage 1's global batch 16 and stage 2's 16" in printed  # the plan cell
+
     for stage in ("stage1", "stage2"):
         with open(workdir / stage / "metrics.jsonl", encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
