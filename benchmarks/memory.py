@@ -48,6 +48,9 @@ from uamix_jax.config_base import tuning_config  # noqa: E402
 from uamix_jax.sharding import data_mesh  # noqa: E402
 from uamix_jax.train.accelerators import has_libtpu  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # step_bench beside this file
+from step_bench import SMOKE_COMPILER_OPTIONS  # noqa: E402
+
 GIB = 2**30
 CAPACITIES_GIB = (16, 32, 80)
 
@@ -77,7 +80,8 @@ def tpu_step_memory(size: str, target_length: int, dtype: str, batch: int, remat
             "peak": plan.total or None, "hbm": plan.hbm, "compile_s": plan.compile_s}
 
 
-def step_memory(size: str, target_length: int, dtype: str, batch: int, remat: bool = False) -> dict[str, float]:
+def step_memory(size: str, target_length: int, dtype: str, batch: int, remat: bool = False,
+                compiler_options: dict | None = None) -> dict[str, float]:
     """Bytes of the compiled stage-2 step at per-device `batch` on one local device (`tpu_plan.lower_step`: the
     trainer's sharded step from abstract shapes): argument, temp, output, alias, peak."""
     from uamix_jax.train.tpu_plan import lower_step
@@ -85,7 +89,7 @@ def step_memory(size: str, target_length: int, dtype: str, batch: int, remat: bo
     config = stage2_config(size, target_length, dtype, batch, remat, batch)
     lowered, _ = lower_step(config, data_mesh(jax.devices()[:1]), batch)
     start = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options)
     seconds = time.perf_counter() - start
     m = compiled.memory_analysis()
     out = {"argument": m.argument_size_in_bytes, "temp": m.temp_size_in_bytes, "output": m.output_size_in_bytes,
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topology", default="v5e-1", help="TPU slice to compile for when libtpu is installed")
     parser.add_argument("--cpu", action="store_true", help="compile for the local backend even with libtpu")
     parser.add_argument("--smoke", action="store_true",
-                        help="checks the script: the 'test' ViT at T = 128, batches 2 and 4, float32, local backend")
+                        help="checks the script: the 'test' ViT at T = 128, batches 2 and 4, float32, local backend, "
+                             "XLA's backend optimisation off")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.target_length, args.batches, args.dtypes, args.cpu = "test", 128, "2,4", "float32", True
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                 m = tpu_step_memory(args.size, args.target_length, dtype, b, args.remat, args.topology)
                 hbm = m["hbm"]
             else:
-                m = step_memory(args.size, args.target_length, dtype, b, args.remat)
+                m = step_memory(args.size, args.target_length, dtype, b, args.remat,
+                                SMOKE_COMPILER_OPTIONS if args.smoke else None)
             if m["peak"] is not None:
                 fitted[dtype].append((b, m["peak"]))
             shown[(dtype, b)] = m["peak"]

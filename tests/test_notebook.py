@@ -73,7 +73,20 @@ def test_notebook_runs_top_to_bottom_with_smoke(tmp_path, monkeypatch):
     assert set(results) == {BEFORE, AFTER}
     for r in results.values():
         assert (r["ways"], r["shots"], r["episodes"]) == (5, 1, SMOKE_EPISODES)
-        assert 0.0 <= r["accuracy_mean"] <= 100.0 and 0.0 <= r["ci95"] < 50.0
+    assert results[BEFORE]["episodes_sha256"] == results[AFTER]["episodes_sha256"]  # paired: the same episodes
+    # the "after" figure is the saved stage-2 encoder's: recomputed here from its workdir on those episodes
+    from uamix_jax.data.layouts import read_dataset
+    from uamix_jax.evaluation.embed import InputPolicy
+    from uamix_jax.evaluation.encoders import encoder_from
+    from uamix_jax.evaluation.fewshot_driver import encoder_embedder, score_fewshot
+
+    policy = InputPolicy(target_length=128, stats="audioset", clip_seconds=1.5)  # the SMOKE settings
+    tuned = encoder_from(str(workdir / "stage2"), dict(size="test", target_length=128, posemb="prefix"))
+    embedder = encoder_embedder(AFTER, tuned, policy, batch_size=32)
+    (again,) = score_fewshot([embedder], read_dataset("folder", str(workdir / "demo_heldout")), [(5, 1)],
+                             queries=3, episodes=SMOKE_EPISODES, seed=0)
+    assert again.record["episodes_sha256"] == results[AFTER]["episodes_sha256"]
+    assert again.record["accuracy_mean"] == pytest.approx(results[AFTER]["accuracy_mean"], abs=1e-9)
     assert results[BEFORE]["encoder"] == str(workdir / "audiomae")
     assert results[AFTER]["encoder"] == str(workdir / "stage2")
     # stage 2 tuned the encoder: the two evaluations saw different weights
