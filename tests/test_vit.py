@@ -287,13 +287,15 @@ def test_attention_paths_agree_at_highest_precision(test_model):
 def test_auto_attention_and_its_errors():
     from uamix_jax.models.vit import resolve_attention
 
-    on_gpu = jax.default_backend() == "gpu"
-    assert resolve_attention("auto", jnp.float32, 64) == "einsum"  # cuDNN has no float32 path
-    assert resolve_attention("auto", jnp.bfloat16, 64) == ("cudnn" if on_gpu else "einsum")
-    assert resolve_attention("auto", jnp.bfloat16, 12) == "einsum"  # head width cuDNN does not take
-    assert resolve_attention("xla", jnp.float32, 64) == "xla"
+    assert resolve_attention("auto", jnp.bfloat16, 64, 512, backend="gpu") == "cudnn"
+    assert resolve_attention("auto", jnp.float32, 64, 512, backend="gpu") == "einsum"  # cuDNN has no float32 path
+    assert resolve_attention("auto", jnp.bfloat16, 12, 512, backend="gpu") == "einsum"  # a head width it refuses
+    assert resolve_attention("auto", jnp.bfloat16, 64, 513, backend="gpu") == "einsum"  # odd: AudioMAE's 1 + T/2
+    assert resolve_attention("auto", jnp.bfloat16, 64, 512, backend="cpu") == "einsum"
+    assert resolve_attention("auto", jnp.bfloat16, 64, 512) == ("cudnn" if jax.default_backend() == "gpu" else "einsum")
+    assert resolve_attention("xla", jnp.float32, 64, 513) == "xla"
     with pytest.raises(ValueError, match=r"must be one of \('auto', 'einsum', 'xla', 'cudnn'\), got 'flash'"):
-        resolve_attention("flash", jnp.float32, 64)
+        resolve_attention("flash", jnp.float32, 64, 513)
     with pytest.raises(ValueError, match="attention='cudnn' needs a bfloat16 or float16 compute dtype"):
         AudioMAEEncoder.from_size("test", target_length=T_SMALL, attention="cudnn").init(jax.random.key(0),
                                                                                           _fbank(1))

@@ -103,17 +103,20 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn")
 _HALF_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
-def resolve_attention(attention: str, dtype: Dtype, head_dim: int) -> str:
-    """The attention path `attention` names: 'auto' → 'cudnn' on a GPU backend with a bf16/fp16 compute dtype and a
-    head width cuDNN's fused kernel takes (a multiple of 8, at most 128), else 'einsum' (cuDNN has no float32 path).
+def resolve_attention(attention: str, dtype: Dtype, head_dim: int, tokens: int, backend: str | None = None) -> str:
+    """The attention path `attention` names. 'auto' → 'cudnn' on a GPU backend (`backend`, default JAX's) with a
+    bf16/fp16 compute dtype, a head width cuDNN's fused kernel takes (a multiple of 8, at most 128) and an even token
+    count, else 'einsum'. cuDNN has no float32 path, and its fused kernel refuses to train on an odd sequence: an
+    AudioMAE ViT-B stage-2 step (1 + 512 tokens) on an H200 under JAX 0.11.2 stopped with "Unsupported sequence length
+    Q 513, KV 513". AudioMAE's token counts (1 + T/2) are always odd, so 'auto' takes the einsum path for them.
     """
     if attention not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"AudioMAEEncoder.attention (config.model.attention) must be one of "
                          f"{ATTENTION_IMPLEMENTATIONS}, got {attention!r}")
     half = jnp.dtype(dtype) in tuple(jnp.dtype(d) for d in _HALF_DTYPES)
     if attention == "auto":
-        fits = head_dim % 8 == 0 and head_dim <= 128
-        return "cudnn" if jax.default_backend() == "gpu" and half and fits else "einsum"
+        fits = head_dim % 8 == 0 and head_dim <= 128 and tokens % 2 == 0
+        return "cudnn" if (backend or jax.default_backend()) == "gpu" and half and fits else "einsum"
     if attention == "cudnn" and not half:
         raise ValueError(f"attention='cudnn' needs a bfloat16 or float16 compute dtype (cuDNN's fused attention "
                          f"has no float32 path), got {jnp.dtype(dtype).name}; use 'auto', 'xla' or 'einsum'")
@@ -139,7 +142,7 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, n, d = x.shape
         head_dim = d // self.num_heads
-        implementation = resolve_attention(self.attention, self.dtype, head_dim)
+        implementation = resolve_attention(self.attention, self.dtype, head_dim, n)
         qkv = _dense(3 * d, "qkv", self.dtype)(x).reshape(b, n, 3, self.num_heads, head_dim)
         if implementation != "einsum":
             out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], scale=head_dim**-0.5,
