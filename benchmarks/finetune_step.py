@@ -138,9 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     del step
     flops = step_flops(b, encoder, kept)
     peak = max(peak, sb.dot_rate(rows, width, mlp))  # before and after the step: the machine's load varies
-    print(f"jax: {seconds:.3f} s/step ({b / seconds:.2f} samples/s), {flops / 1e9:.1f} GFLOP/step, "
-          f"{flops / seconds / 1e9:.1f} GFLOP/s (first call {first_s:.2f} s); {kept} of {encoder.num_patches} "
-          f"tokens kept, mixup groups of {config.finetune.mix_group}", flush=True)
+    print(f"jax: {sb.step_rate(b, seconds, flops, first_s)}; {kept} of {encoder.num_patches} tokens kept, "
+          f"mixup groups of {config.finetune.mix_group}", flush=True)
     print(sb.describe_dot(rows, width, mlp, peak) + " (best of before and after); " + sb.machine_line(is_tuned()),
           flush=True)
     ratio = ""

@@ -98,9 +98,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     step = sb.compile_step(config, task, batch, smoke=args.smoke)
     seconds, first_s = sb.time_step(step, args.repeats)
     flops = step_flops(b, encoder, decoder, n_keep)
-    print(f"jax: {seconds:.3f} s/step ({b / seconds:.2f} samples/s), {flops / 1e9:.1f} GFLOP/step, "
-          f"{flops / seconds / 1e9:.1f} GFLOP/s (first call {first_s:.2f} s); {n_keep} of {encoder.num_patches} "
-          f"tokens visible, clips of {batch['waveform'].shape[1]} samples", flush=True)
+    print(f"jax: {sb.step_rate(b, seconds, flops, first_s)}; {n_keep} of {encoder.num_patches} tokens visible, "
+          f"clips of {batch['waveform'].shape[1]} samples", flush=True)
     del step
     peak = max(peak, sb.dot_rate(rows, width, mlp))  # before and after the step: the machine's load varies
     print(sb.describe_dot(rows, width, mlp, peak) + " (best of before and after); " + sb.machine_line(is_tuned()),

@@ -172,6 +172,12 @@ def describe_dot(tokens: int, width: int, mlp_dim: int, rate: float) -> str:
     return f"jnp.dot [{tokens}, {width}] x [{width}, {mlp_dim}] (fc1's shape): {rate / 1e9:.1f} GFLOP/s"
 
 
+def step_rate(batch: int, seconds: float, flops: float, first_s: float) -> str:
+    """A timed step as the scripts report it: s/step, samples/s, GFLOP per step and per second, the first call."""
+    return (f"{seconds:.3f} s/step ({batch / seconds:.2f} samples/s), {flops / 1e9:.1f} GFLOP/step, "
+            f"{flops / seconds / 1e9:.1f} GFLOP/s (first call {first_s:.2f} s)")
+
+
 def machine_line(tuned: bool) -> str:
     """Device, cores, jax version, malloc tuning and the load average: what a figure was measured under."""
     return (f"device {jax.devices()[0].device_kind}, {os.cpu_count()} cores, jax {jax.__version__}, malloc tuning "

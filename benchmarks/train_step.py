@@ -190,8 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seconds, first_s = sb.time_step(step, args.repeats)
         flops = step_flops(config, encoder)
         results[stage] = (seconds, flops)
-        print(f"stage {stage}: {seconds:.3f} s/step ({b / seconds:.2f} samples/s), {flops / 1e9:.1f} GFLOP/step, "
-              f"{flops / seconds / 1e9:.1f} GFLOP/s (first call {first_s:.2f} s); mix group {config.mix.group}, "
+        print(f"stage {stage}: {sb.step_rate(b, seconds, flops, first_s)}; mix group {config.mix.group}, "
               f"queue {config.nnclr.queue_size}, clips of {step.data['waveform'].shape[1]} samples", flush=True)
         del step
     peak = max(peak, sb.dot_rate(rows, width, mlp))  # before and after the steps: the machine's load varies
