@@ -12,8 +12,9 @@ needed, no TPU):
 - the largest batch per chip: a straight line memory = fixed + per-sample · b through two compiles that fit on the
   slice (the config's batch when it fits, and half or twice it), rounded down to the step's multiple (the mix group;
   8 for pretraining), then confirmed by one compile (and one more, one multiple lower, if it did not fit); when
-  the confirmed batch uses under 90 % of the chip's memory (two small batches overstate a clip's cost), the line is
-  fitted once more through it and its largest batch confirmed the same way.
+  the confirmed batch uses under 90 % of the chip's memory, or both were rejected (two small batches misjudge a
+  clip's cost), the line is fitted again through the largest batch that fits and that compile (a rejected one by
+  the temporaries the compiler asked for), at most twice more.
 Every compile's result is written to --out as it finishes, so an interrupted run resumes where it stopped; the
 Markdown table is printed from that file at the end (cells not yet compiled show '…'). A ViT-B compile takes one
 to two minutes on a 2-core machine (a rejected one about 20 s): the full table is about 130 compiles.
@@ -49,6 +50,7 @@ SLICES = ("v5e-1", "v6e-1", "v4-8", "v5e-8", "v5p-8", "v6e-8")
 FIT_ORDER = ("v5e-8", "v6e-8", "v4-8", "v5p-8", "v5e-1", "v6e-1")
 PRETRAIN_MULTIPLE = 8  # pretraining has no mix group: its largest batch per chip is rounded to 8
 REFIT_BELOW = 0.9  # a confirmed batch using less of the chip's memory than this refits the line through it
+REFITS = 2  # at most this many lines after the first
 
 
 def load_config(task: str, dtype: str, smoke: bool = False):
@@ -97,19 +99,35 @@ class Results:
         os.replace(tmp, self.path)
 
 
-def _confirm(results: Results, config, task: str, dtype: str, slice_name: str, devices: int, line: float) -> int:
-    """The largest batch per chip the step takes at or below the line's, if it fits, else the next one down if that
-    fits, else 0 (one or two compiles)."""
+def _confirm(results: Results, config, task: str, dtype: str, slice_name: str, devices: int,
+             line: float) -> tuple[int, int]:
+    """(the largest batch per chip the step takes at or below the line's if it fits, else the next one down if
+    that fits, else 0; the first batch tried, 0 if none): one or two compiles."""
     below = [b for b in per_chip_batches(config, devices) if b <= line][-2:][::-1]
     for b in below:
         if results.get(config, task, dtype, slice_name, b * devices)["fits"]:
-            return b
-    return 0
+            return b, below[0]
+    return 0, below[0] if below else 0
+
+
+def _line(low: tuple[int, dict], high: tuple[int, dict]) -> dict:
+    """memory = fixed + slope · b through two compiles ((b, row) each) and the batch b it allows under the chip's
+    memory: {'line', 'slope', 'fixed', 'points'}."""
+    (b1, p1), (b2, p2) = low, high
+    slope = (p2["total"] - p1["total"]) / (b2 - b1)
+    fixed = p1["total"] - slope * b1
+    return {"line": (p1["hbm"] - fixed) / slope if slope > 0 else float("inf"), "points": [b1, b2],
+            "slope": slope, "fixed": fixed}
 
 
 def largest_per_chip(results: Results, config, task: str, dtype: str, slice_name: str, devices: int) -> dict:
     """The line memory = fixed + slope · b (b per chip) through two compiles that fit on `slice_name`, and the
-    largest b it allows, confirmed: {'line', 'slope', 'fixed', 'points', 'confirmed'}."""
+    largest b it allows, confirmed: {'line', 'slope', 'fixed', 'points', 'confirmed'}.
+
+    Two small batches carry the step's fixed overheads and can misjudge a clip's cost; so when the confirmed batch
+    uses under REFIT_BELOW of the chip's memory, or the compiler rejects the line's batch, the line is fitted again
+    through the largest batch known to fit and that compile (a rejected one counts its temporaries, which the
+    compiler reports, plus the fitted one's arguments and outputs), up to REFITS times."""
     batches = per_chip_batches(config, devices)
     own = config.train.global_batch // devices
     first = results.get(config, task, dtype, slice_name, own * devices)
@@ -122,30 +140,24 @@ def largest_per_chip(results: Results, config, task: str, dtype: str, slice_name
     half = first["total"] > first["hbm"] / 2 and i > 0
     other = batches[i - 1] if half else batches[min(i + 1, len(batches) - 1)]
     second = results.get(config, task, dtype, slice_name, other * devices)
-    (b1, p1), (b2, p2) = sorted([(own, first), (other, second)], key=lambda x: x[0])
-    if not p2["fits"]:  # the upper point was rejected: the largest lies between them
-        return {"line": b1, "confirmed": b1, "points": [b1, b2]}
-    fit = _line(results, config, task, dtype, slice_name, devices, (b1, p1), (b2, p2), batches)
-    confirmed = results.get(config, task, dtype, slice_name, fit["confirmed"] * devices) if fit["confirmed"] else None
-    if confirmed and fit["confirmed"] > b2 and confirmed["total"] < REFIT_BELOW * confirmed["hbm"]:
-        # two small batches carry the step's fixed per-step overheads: their line overstates the cost of a clip
-        # and stops short; once more through the confirmed compile, which lies near the chip's limit
-        refit = _line(results, config, task, dtype, slice_name, devices, (b2, p2), (fit["confirmed"], confirmed),
-                      batches)
-        fit = {**refit, "confirmed": max(refit["confirmed"], fit["confirmed"]), "first_line": fit["line"]}
-    return fit
-
-
-def _line(results: Results, config, task: str, dtype: str, slice_name: str, devices: int, low: tuple, high: tuple,
-          batches: list[int]) -> dict:
-    """memory = fixed + slope · b through the compiles `low` and `high` ((b, row) each), the batch it allows under
-    the chip's memory, and the largest batch the step takes at or below it, confirmed by a compile."""
-    (b1, p1), (b2, p2) = low, high
-    slope = (p2["total"] - p1["total"]) / (b2 - b1)
-    fixed = p1["total"] - slope * b1
-    line = (p1["hbm"] - fixed) / slope if slope > 0 else float(batches[-1])
-    return {"line": line, "points": [b1, b2], "slope": slope, "fixed": fixed,
-            "confirmed": _confirm(results, config, task, dtype, slice_name, devices, line)}
+    low, best = sorted([(own, first), (other, second)], key=lambda x: x[0])
+    if not best[1]["fits"]:  # the upper point was rejected: the largest lies between them
+        return {"line": low[0], "confirmed": low[0], "points": [low[0], best[0]]}
+    lines, probe = [], None  # probe: a rejected batch and its memory, when no batch under the last line fitted
+    for _ in range(1 + REFITS):
+        lines.append(_line(low, best) if probe is None else _line(best, probe))
+        b, tried = _confirm(results, config, task, dtype, slice_name, devices, lines[-1]["line"])
+        probe = None
+        if b > best[0]:
+            low, best = best, (b, results.get(config, task, dtype, slice_name, b * devices))
+            if best[1]["total"] >= REFIT_BELOW * best[1]["hbm"]:
+                break
+        elif not b and tried > best[0]:  # rejected: the compiler's temporaries say by how much
+            rejected = results.get(config, task, dtype, slice_name, tried * devices)
+            probe = (tried, {"total": rejected["temp"] + best[1]["total"] - best[1]["temp"], "hbm": rejected["hbm"]})
+        else:
+            break
+    return {**lines[-1], "confirmed": best[0], "lines": [f["line"] for f in lines]}
 
 
 def from_line(results: Results, config, task: str, dtype: str, slice_name: str, devices: int, fit: dict) -> dict:
@@ -153,8 +165,8 @@ def from_line(results: Results, config, task: str, dtype: str, slice_name: str, 
     (memory per chip against batch per chip), confirmed here."""
     first = results.get(config, task, dtype, slice_name, config.train.global_batch)
     line = (first["hbm"] - fit["fixed"]) / fit["slope"]
-    return {"line": line, "from": fit["slice"], "confirmed": _confirm(results, config, task, dtype, slice_name,
-                                                                       devices, line)}
+    confirmed, _ = _confirm(results, config, task, dtype, slice_name, devices, line)
+    return {"line": line, "from": fit["slice"], "confirmed": confirmed}
 
 
 def flops_per_sample(rows: dict) -> dict[tuple[str, str], float]:
