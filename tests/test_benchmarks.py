@@ -9,6 +9,7 @@ train_step.py and profile_train_step.py compile the same stage-2 step, which the
 (tests/conftest.py) serves the second time.
 """
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -131,3 +132,21 @@ def test_tpu_table_largest_batch_fits_and_the_next_does_not(task, devices, hbm, 
     allowed = table.per_chip_batches(config, devices)
     assert memory(found) <= hbm < memory(allowed[allowed.index(found) + 1]), (found, compiled)
     assert len(set(compiled)) <= 6, compiled
+
+
+@pytest.mark.parametrize("task", ["pretrain", "stage1", "stage2", "finetune"])
+def test_config_docstrings_quote_the_tpu_tables_largest_batches(task):
+    """Each config's docstring gives the largest batch per chip type in bfloat16 as benchmarks/tpu_plan.json has it
+    (confirmed by a compile on the 8-chip slice of that chip)."""
+    table = _script("tpu_plan_table")
+    name = table.TASKS[task][0]
+    spec = importlib.util.spec_from_file_location(f"doc_{task}", os.path.join(ROOT, "configs", name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = " ".join(module.__doc__.split())
+    quoted = re.search(r"largest batch per chip[^:]*: (.*?)(?:\.\s|;|$)", text).group(1)
+    chips = dict(re.findall(r"\b(v5e|v6e|v4|v5p) (\d+)", quoted))
+    assert {"v5e", "v6e", "v4"} <= set(chips), quoted
+    rows = json.load(open(os.path.join(BENCHMARKS, "tpu_plan.json")))
+    for chip, batch in chips.items():
+        assert rows[f"largest|{task}|bfloat16|{chip}-8"]["confirmed"] == int(batch), (name, chip)
