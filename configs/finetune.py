@@ -36,6 +36,12 @@ smoothing 0.1 and no mixup; SpecAugment 48 frequency bins / 192 frames at T = 10
 - demo: the 'test' ViT (4 blocks, width 32) at T = 128 on the demo's synthetic 8-class folder set (made in
   W/data when data.root is empty), 2 s clips, 80/20 split, batch 32, base_lr 0.08 (lr 0.01: a random init learns
   from scratch), 25 epochs with 2 of warmup; seconds to a minute on a laptop CPU.
+
+TPU memory per chip (audioset20k, ViT-B, T = 1024, --config.dtype=bfloat16; compiled by XLA:TPU with
+tools/plan_tpu.py, table in benchmarks/README.md): the batch of 32 takes 7.4 GiB on one v5e or v6e chip (Colab's
+TPUs) and under 3 GiB per chip on a v4-8, v5e-8, v5p-8 or v6e-8. The largest batch per chip (multiples of 4): v5e
+80, v6e 180, v4 208; v5p over 600 (XLA:TPU accepts 660 clips at 97.6 GiB of its 95.74 GiB limit; not confirmed).
+python tools/plan_tpu.py --config=configs/finetune.py:audioset20k --topology=v5e-8 --max-batch
 """
 import ml_collections
 

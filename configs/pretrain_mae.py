@@ -14,6 +14,13 @@ Variants:
     :cpu    a small ViT for a 2-core CPU ('mini': ViT-Ti width, 4 blocks; T = 256 frames = 2.56 s, a 2-block
             decoder); set data.root
     :test   the test-suite's size (seconds per step)
+
+TPU memory per chip (ViT-B, T = 1024, --config.dtype=bfloat16; compiled by XLA:TPU with tools/plan_tpu.py, table in
+benchmarks/README.md): AudioMAE's global batch of 512 fits a v6e-8 (25.4 GiB per chip) and a v5p-8 (45.8 GiB), not a
+v5e-8 or v4-8. The largest batch per chip (multiples of 8): v5e 40 (14.5 of its 15.75 GiB), v6e 72, v4 72, v5p 248;
+a v5e-8 takes at most 320 clips a step and a v4-8 288 (--config.train.global_batch=256; the lr follows
+batch / 256). For another slice or setting:
+python tools/plan_tpu.py --config=configs/pretrain_mae.py --topology=v5e-8 --max-batch
 """
 import ml_collections
 
