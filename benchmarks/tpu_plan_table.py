@@ -9,12 +9,14 @@ bfloat16, on v5e-1 and v6e-1 (Colab's TPUs), v4-8, v5e-8, v5p-8 and v6e-8 (`uami
 needed, no TPU):
 - the config's own global batch: bytes per chip, fits or not (a step that does not fit is rejected by the compiler,
   which names its temporaries), FLOPs per chip and the step-time floor at the chip's bf16 peak;
-- the largest batch per chip: a straight line memory = fixed + per-sample · b through two compiles that fit on the
-  slice (the config's batch when it fits, and half or twice it), rounded down to the step's multiple (the mix group;
-  8 for pretraining), then confirmed by one compile (and one more, one multiple lower, if it did not fit); when
-  the confirmed batch uses under 90 % of the chip's memory, or both were rejected (two small batches misjudge a
-  clip's cost), the line is fitted again through the largest batch that fits and that compile (a rejected one by
-  the temporaries the compiler asked for), at most twice more.
+- the largest batch per chip (`uamix_jax.train.batch_search.largest`, as `tools/plan_tpu.py --max-batch` finds it,
+  less its closing bisection): a straight line memory = fixed + per-sample · b through two compiles on the slice (the
+  config's batch when it fits, and half or twice it), rounded down to the batches the step takes (multiples of the
+  mix group; of 8 for pretraining), then confirmed by one compile (and one more, one batch lower, if it did not
+  fit); when the confirmed batch uses under 90 % of the chip's memory, or both were rejected (two small batches
+  misjudge a clip's cost), the line is fitted again through the largest batch that fits and that compile (a
+  rejected one by the temporaries the compiler asked for), at most twice more. The 8-chip slice of a chip fits the
+  line; the 1-chip slices of v5e and v6e start from it.
 Every compile's result is written to --out as it finishes, so an interrupted run resumes where it stopped; the
 Markdown table is printed from that file at the end (cells not yet compiled show '…'). A ViT-B compile takes one
 to two minutes on a 2-core machine (a rejected one about 20 s): the full table is about 130 compiles.
@@ -38,7 +40,7 @@ try:
 except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, ROOT)
 
-from uamix_jax.train import tpu_plan  # noqa: E402
+from uamix_jax.train import batch_search, tpu_plan  # noqa: E402
 from uamix_jax.train.accelerators import slice_mesh  # noqa: E402
 from uamix_jax.train.plan_inputs import allowed_global_batches, batch_multiple  # noqa: E402
 
@@ -99,74 +101,23 @@ class Results:
         os.replace(tmp, self.path)
 
 
-def _confirm(results: Results, config, task: str, dtype: str, slice_name: str, devices: int,
-             line: float) -> tuple[int, int]:
-    """(the largest batch per chip the step takes at or below the line's if it fits, else the next one down if
-    that fits, else 0; the first batch tried, 0 if none): one or two compiles."""
-    below = [b for b in per_chip_batches(config, devices) if b <= line][-2:][::-1]
-    for b in below:
-        if results.get(config, task, dtype, slice_name, b * devices)["fits"]:
-            return b, below[0]
-    return 0, below[0] if below else 0
+def largest_per_chip(results: Results, config, task: str, dtype: str, slice_name: str, devices: int,
+                     line: batch_search.Line | None = None) -> dict:
+    """The largest batch per chip on `slice_name` by `batch_search.largest` (a line through two compiles, from the
+    config's own batch; or `line`, fitted on another slice of the same chip: memory per chip against batch per chip),
+    confirmed by a compile, the line refitted up to REFITS times: {'line' (the batch the last line allows), 'lines',
+    'fixed', 'slope', 'confirmed'}."""
 
+    def measure(b: int) -> batch_search.Fit:
+        row = results.get(config, task, dtype, slice_name, b * devices)
+        return batch_search.Fit(row["fits"], row["total"], row["temp"], row["hbm"])
 
-def _line(low: tuple[int, dict], high: tuple[int, dict]) -> dict:
-    """memory = fixed + slope · b through two compiles ((b, row) each) and the batch b it allows under the chip's
-    memory: {'line', 'slope', 'fixed', 'points'}."""
-    (b1, p1), (b2, p2) = low, high
-    slope = (p2["total"] - p1["total"]) / (b2 - b1)
-    fixed = p1["total"] - slope * b1
-    return {"line": (p1["hbm"] - fixed) / slope if slope > 0 else float("inf"), "points": [b1, b2],
-            "slope": slope, "fixed": fixed}
-
-
-def largest_per_chip(results: Results, config, task: str, dtype: str, slice_name: str, devices: int) -> dict:
-    """The line memory = fixed + slope · b (b per chip) through two compiles that fit on `slice_name`, and the
-    largest b it allows, confirmed: {'line', 'slope', 'fixed', 'points', 'confirmed'}.
-
-    Two small batches carry the step's fixed overheads and can misjudge a clip's cost; so when the confirmed batch
-    uses under REFIT_BELOW of the chip's memory, or the compiler rejects the line's batch, the line is fitted again
-    through the largest batch known to fit and that compile (a rejected one counts its temporaries, which the
-    compiler reports, plus the fitted one's arguments and outputs), up to REFITS times."""
-    batches = per_chip_batches(config, devices)
-    own = config.train.global_batch // devices
-    first = results.get(config, task, dtype, slice_name, own * devices)
-    if not first["fits"] or own not in batches:
-        own = batches[0]
-        first = results.get(config, task, dtype, slice_name, own * devices)
-    if not first["fits"]:
-        return {"line": 0, "confirmed": 0, "points": [own]}
-    i = batches.index(own)
-    half = first["total"] > first["hbm"] / 2 and i > 0
-    other = batches[i - 1] if half else batches[min(i + 1, len(batches) - 1)]
-    second = results.get(config, task, dtype, slice_name, other * devices)
-    low, best = sorted([(own, first), (other, second)], key=lambda x: x[0])
-    if not best[1]["fits"]:  # the upper point was rejected: the largest lies between them
-        return {"line": low[0], "confirmed": low[0], "points": [low[0], best[0]]}
-    lines, probe = [], None  # probe: a rejected batch and its memory, when no batch under the last line fitted
-    for _ in range(1 + REFITS):
-        lines.append(_line(low, best) if probe is None else _line(best, probe))
-        b, tried = _confirm(results, config, task, dtype, slice_name, devices, lines[-1]["line"])
-        probe = None
-        if b > best[0]:
-            low, best = best, (b, results.get(config, task, dtype, slice_name, b * devices))
-            if best[1]["total"] >= REFIT_BELOW * best[1]["hbm"]:
-                break
-        elif not b and tried > best[0]:  # rejected: the compiler's temporaries say by how much
-            rejected = results.get(config, task, dtype, slice_name, tried * devices)
-            probe = (tried, {"total": rejected["temp"] + best[1]["total"] - best[1]["temp"], "hbm": rejected["hbm"]})
-        else:
-            break
-    return {**lines[-1], "confirmed": best[0], "lines": [f["line"] for f in lines]}
-
-
-def from_line(results: Results, config, task: str, dtype: str, slice_name: str, devices: int, fit: dict) -> dict:
-    """The largest batch per chip on a slice of a chip whose line was fitted on another slice: the same line
-    (memory per chip against batch per chip), confirmed here."""
-    first = results.get(config, task, dtype, slice_name, config.train.global_batch)
-    line = (first["hbm"] - fit["fixed"]) / fit["slope"]
-    confirmed, _ = _confirm(results, config, task, dtype, slice_name, devices, line)
-    return {"line": line, "from": fit["slice"], "confirmed": confirmed}
+    found = batch_search.largest(per_chip_batches(config, devices), measure,
+                                 start=config.train.global_batch // devices, line=line, refits=REFITS,
+                                 refit_below=REFIT_BELOW)
+    last = found.lines[-1] if found.lines else batch_search.Line(0.0, 0.0)
+    return {"line": found.allowed[-1] if found.lines else found.best, "lines": found.allowed, "fixed": last.fixed,
+            "slope": last.slope, "confirmed": found.best}
 
 
 def flops_per_sample(rows: dict) -> dict[tuple[str, str], float]:
@@ -240,20 +191,20 @@ def main(argv: list[str] | None = None) -> None:
             config = configs[task]
             for s in slices:
                 results.get(config, task, dtype, s, config.train.global_batch)
-            lines: dict[str, dict] = {}  # chip → the line fitted on its first slice
+            lines: dict[str, tuple[str, batch_search.Line]] = {}  # chip → (its first slice, the line fitted there)
             for s in sorted(slices, key=lambda n: FIT_ORDER.index(n) if n in FIT_ORDER else len(FIT_ORDER)):
                 devices = slice_mesh(s)[0].devices.size
                 chip = tpu_plan.SLICES[s].chip
                 key = f"largest|{task}|{dtype}|{s}"
                 if key not in results.rows:
-                    if chip in lines:
-                        summary = from_line(results, config, task, dtype, s, devices, lines[chip])
-                    else:
-                        summary = largest_per_chip(results, config, task, dtype, s, devices)
-                    results.rows[key] = {**summary, "config_batch": config.train.global_batch, "slice": s}
+                    summary = largest_per_chip(results, config, task, dtype, s, devices,
+                                               lines[chip][1] if chip in lines else None)
+                    results.rows[key] = {**summary, "config_batch": config.train.global_batch, "slice": s,
+                                         **({"from": lines[chip][0]} if chip in lines else {})}
                     results.save()
-                if results.rows[key].get("slope", 0) > 0:
-                    lines.setdefault(chip, results.rows[key])
+                row = results.rows[key]
+                if row.get("slope", 0) > 0:
+                    lines.setdefault(chip, (s, batch_search.Line(row["fixed"], row["slope"])))
     batches = {task: load_config(task, dtypes[0], args.smoke).train.global_batch for task in tasks}
     per_sample = flops_per_sample(results.rows)
     if args.flops_from:

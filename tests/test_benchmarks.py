@@ -1,7 +1,8 @@
 """Every benchmark script under benchmarks/ except replicate.py and offline_audio.py (tests/test_replicate.py,
 tests/test_offline_audio.py) runs its main(["--smoke"]) in this process and prints its figure line, whose figures
 are positive numbers (tpu_plan_table.py prints its table from the committed results: its compiles are
-tests/test_tpu_plan.py's, and its largest-batch search runs here on memory models); the --replicate preset is replicate.py's own configs.
+tests/test_tpu_plan.py's, and its largest-batch search runs here on a memory model); the --replicate preset is
+replicate.py's own configs.
 
 In-process on purpose: a subprocess per script would add ~10 s of start-up each. What remains is compilation: the
 tuning, pretraining and fine-tuning steps (and their state initialisers) at the 'test' size, ~15 CPU-seconds each;
@@ -103,18 +104,18 @@ def test_mix_group_is_the_largest_divisor_up_to_the_configs(batch, group):
     assert train_step.fit_mix_group(config).mix.group == group
 
 
-@pytest.mark.parametrize("task,devices,hbm,memory", [
-    ("stage2", 8, 15.75, lambda b: 0.55 + 0.44 * b),  # straight: tuning batches are powers of two
-    ("finetune", 8, 15.75, lambda b: {4: 1.87, 8: 2.69}.get(b, 1.25 + 0.18 * b)),  # small batches overstate a clip
-    ("finetune", 4, 30.75, lambda b: {8: 2.84, 12: 3.28}.get(b, 1.62 + 0.138 * b)),  # they understate it
-    ("pretrain", 8, 15.75, lambda b: 0.5 + 0.1 * b + 3e-4 * b * b),  # curved
-], ids=["straight", "overstated", "understated", "curved"])
-def test_tpu_table_largest_batch_fits_and_the_next_does_not(task, devices, hbm, memory):
-    """tpu_plan_table.py's search on a memory model (GiB per chip against clips per chip; a rejected compile reports
-    its temporaries, total less 1.1 GiB, as XLA:TPU does): the batch it confirms fits, the next one the step takes
-    does not, and it compiles at most 6 batches."""
+@pytest.mark.parametrize("line", [False, True], ids=["own line", "line from another slice"])
+def test_tpu_table_largest_batch_fits_and_the_next_does_not(line):
+    """tpu_plan_table.py's search (uamix_jax.train.batch_search, tested on more memory models in
+    tests/test_batch_search.py) through the table's results on fine-tuning's batches per chip of a v4-8, on the model
+    its compiles gave (GiB per chip; batches 8 and 12 understate a clip; a rejected compile reports its temporaries,
+    total less 1.1 GiB): the batch it confirms fits, the next one the step takes does not, within 6 compiles, and the
+    row it writes gives the last line."""
+    from uamix_jax.train.batch_search import Line
+
     table = _script("tpu_plan_table")
-    config = table.load_config(task, "bfloat16")
+    config = table.load_config("finetune", "bfloat16")
+    memory = lambda b: {8: 2.84, 12: 3.28}.get(b, 1.62 + 0.138 * b)  # noqa: E731
     compiled = []
 
     class Model(table.Results):
@@ -122,16 +123,18 @@ def test_tpu_table_largest_batch_fits_and_the_next_does_not(task, devices, hbm, 
             self.rows = {}
 
         def get(self, config, task, dtype, slice_name, global_batch):
-            b = global_batch // devices
+            b = global_batch // 4
             compiled.append(b)
             total = memory(b) * 2**30
-            fits = total <= hbm * 2**30
-            return {"fits": fits, "total": total if fits else 0.0, "temp": total - 1.1 * 2**30, "hbm": hbm * 2**30}
+            fits = total <= 30.75 * 2**30
+            return {"fits": fits, "total": total if fits else 0.0, "temp": total - 1.1 * 2**30, "hbm": 30.75 * 2**30}
 
-    found = table.largest_per_chip(Model(), config, task, "bfloat16", "v5e-8", devices)["confirmed"]
-    allowed = table.per_chip_batches(config, devices)
-    assert memory(found) <= hbm < memory(allowed[allowed.index(found) + 1]), (found, compiled)
-    assert len(set(compiled)) <= 6, compiled
+    given = Line(1.62 * 2**30, 0.138 * 2**30) if line else None
+    row = table.largest_per_chip(Model(), config, "finetune", "bfloat16", "v4-8", 4, given)
+    found, allowed = row["confirmed"], table.per_chip_batches(config, 4)
+    assert memory(found) <= 30.75 < memory(allowed[allowed.index(found) + 1]), (found, compiled)
+    assert len(set(compiled)) <= (2 if line else 6), compiled
+    assert row["line"] == pytest.approx((30.75 - row["fixed"] / 2**30) / (row["slope"] / 2**30))
 
 
 @pytest.mark.parametrize("task", ["pretrain", "stage1", "stage2", "finetune"])

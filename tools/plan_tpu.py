@@ -8,7 +8,8 @@ Whatever task the config names (pretraining, stage 1 or 2 tuning, fine-tuning) i
 abstract shapes (nothing is allocated) with the trainer's own sharding over every chip of the slice. Printed per
 chip: arguments, outputs, temporaries, generated code and their total against the chip's HBM (fits or not, with the
 headroom); FLOPs per step and the step time at 100 % of the chip's bf16 peak (a floor); bytes moved by collectives.
-`--max-batch` finds the largest global batch that fits (multiples of chips × rows per mix group, by bisection);
+`--max-batch` finds the largest global batch that fits (multiples of chips × rows per mix group): a line of memory
+against batch through two compiles, confirmed and refitted, then bisection to the boundary;
 `--hbm-gib` plans against less memory than the chip has. Needs libtpu: pip install -e '.[tpu]'.
 Slices: v5e-1 ... v5e-256, v6e-1 ... v6e-256 (chips), v4-8 ... v4-128, v5p-8 ... v5p-128 (TensorCores), see
 `uamix_jax.train.accelerators.SLICES`. A multi-host slice compiles the program every host of that job compiles.
@@ -34,7 +35,8 @@ config_flags.DEFINE_config_file("config", None, "A training config, e.g. configs
                                 lock_config=True)
 flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e-1, v6e-1 (Colab), v4-8, v5e-8, v5p-8, v6e-8, v5e-16.")
 flags.DEFINE_integer("global-batch", None, "Global batch to plan (default: config.train.global_batch).")
-flags.DEFINE_bool("max-batch", False, "Find the largest global batch that fits (bisection over compiles).")
+flags.DEFINE_bool("max-batch", False,
+                  "Find the largest global batch that fits (a line through two compiles, then bisection).")
 flags.DEFINE_float("hbm-gib", None, "Plan against this much HBM per chip in GiB (default: what the compiler allows).")
 flags.mark_flags_as_required(["config", "topology"])
 

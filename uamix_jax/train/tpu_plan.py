@@ -29,6 +29,7 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from uamix_jax.models.precision import check_precision
+from uamix_jax.train import batch_search
 from uamix_jax.train.accelerators import (
     CHIPS, GIB, SLICES, TEMPORARIES, compiler_hbm_bytes, no_persistent_cache, num_processes, parse_bytes,
     require_compiler, slice_mesh)
@@ -167,11 +168,12 @@ def max_batch(config: ml_collections.ConfigDict, slice_name: str, hbm_bytes: int
               known: dict[int, StepPlan] | None = None) -> tuple[StepPlan | None, dict[int, StepPlan]]:
     """(plan of the largest global batch that fits, every plan compiled on the way, keyed by global batch).
 
-    Bisection over the global batches the step takes (`plan_inputs.allowed_global_batches`: multiples of
-    devices × rows per mix group; for tuning, divisors of the queue size), between one that fits and one that is
-    rejected. The bracket starts from a straight line through the totals of the two smallest, so a step whose
-    memory is linear in the batch takes about four compiles. None when the smallest does not fit. `known`: plans
-    of this config and slice already compiled (by global batch), reused, judged against this HBM.
+    `batch_search.largest(..., exact=True)` over the global batches the step takes (`plan_inputs.
+    allowed_global_batches`: multiples of devices × rows per mix group; for tuning, divisors of the queue size),
+    from the config's own batch: a line through two compiles, confirmed and refitted, then bisection between the
+    largest batch that fits and the smallest rejected one; a step whose memory is linear in the batch takes about four
+    compiles. None when the smallest does not fit. `known`: plans of this config and slice already compiled (by
+    global batch), reused, judged against this HBM.
     """
     mesh, s = slice_mesh(slice_name)
     allowed = allowed_global_batches(config, mesh.devices.size, upto_per_chip * mesh.devices.size)
@@ -181,40 +183,15 @@ def max_batch(config: ml_collections.ConfigDict, slice_name: str, hbm_bytes: int
     plans = {b: dataclasses.replace(p, hbm=hbm, fits=bool(p.total) and p.total <= hbm)
              for b, p in (known or {}).items()}
 
-    def fits(i: int) -> bool:
-        b = allowed[i]
+    def measure(b: int) -> batch_search.Fit:
         if b not in plans:
             plans[b] = plan_step(config, slice_name, b, hbm)
             if log is not None:
                 log(plans[b])
-        return plans[b].fits
+        return batch_search.Fit(plans[b].fits, plans[b].total, plans[b].temp, hbm)
 
-    if not fits(0):
-        return None, plans
-    if len(allowed) == 1 or not fits(1):
-        return plans[allowed[0]], plans
-    lo, hi = 1, None  # allowed[lo] fits; allowed[hi] does not (None: none rejected yet)
-    (b1, p1), (b2, p2) = [(allowed[i], plans[allowed[i]]) for i in (0, 1)]
-    if p2.total > p1.total:  # the line total = t1 + (b − b1)(t2 − t1)/(b2 − b1) meets the HBM at b_line
-        b_line = b1 + (hbm - p1.total) * (b2 - b1) / (p2.total - p1.total)
-        guess = max(lo + 1, max((i for i, b in enumerate(allowed) if b <= b_line), default=0))
-        if guess < len(allowed):
-            if not fits(guess):
-                hi = guess
-            elif guess + 1 < len(allowed) and not fits(guess + 1):
-                lo, hi = guess, guess + 1
-            else:
-                lo = min(guess + 1, len(allowed) - 1)
-    while hi is None and lo < len(allowed) - 1:  # memory grew slower than the line: double until rejected
-        nxt = min(2 * lo, len(allowed) - 1)
-        if fits(nxt):
-            lo = nxt
-        else:
-            hi = nxt
-    while hi is not None and hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return plans[allowed[lo]], plans
+    found = batch_search.largest(allowed, measure, start=int(config.train.global_batch), exact=True)
+    return (plans[found.best] if found.best else None), plans
 
 
 def format_plan(plan: StepPlan) -> str:
