@@ -53,11 +53,17 @@ def test_a_straight_line_is_found_in_three_measures():
     assert calls == [8, 12, 32]
 
 
-def test_a_line_from_elsewhere_is_confirmed_first():
-    """A line fitted on another slice of the chip: the start, then its batch, measured; no second point."""
+@pytest.mark.parametrize("start,line,expected", [
+    (8, Line(0.55, 0.44), [8, 32]),  # the chip's line, the start fits: its batch is confirmed, no second point
+    (64, Line(0.55, 0.44), [64, 32]),  # the start is rejected here: the line's batch before any smaller one
+    (64, Line(0.55, 0.6), [64, 24, 32]),  # a line that overstates a clip: refitted through the rejected start
+])
+def test_a_line_from_elsewhere_is_confirmed_first(start, line, expected):
+    """A line fitted on another slice of the chip: confirmed, and refitted (the rejected start counts at the
+    temporaries it asked for) when its batch uses under 90 % of the memory."""
     calls = []
-    found = largest(BATCHES, _measure(MODELS["straight"], 15.75, calls), start=8, line=Line(0.55, 0.44))
-    assert found.best == 32 and calls == [8, 32]
+    found = largest(BATCHES, _measure(MODELS["straight"], 15.75, calls), start=start, line=line)
+    assert found.best == 32 and calls == expected
 
 
 def test_nothing_fits_and_one_batch():

@@ -87,37 +87,45 @@ def largest(batches: Sequence[int], measure: Callable[[int], Fit], *, start: int
                 return b, below[0]
         return 0, below[0] if below else 0
 
-    own = start if start in batches and at(start).fits else batches[0]
-    if not at(own).fits:
-        return Search(0, [], [], measured)
+    def asked(b: int, fitting: tuple[int, Fit]) -> tuple[int, Fit]:
+        """A rejected batch at the memory it asked for: its temporaries, which the compiler names, and the rest of
+        the step (arguments, outputs, code) as in the fitting one."""
+        r = at(b)
+        return b, Fit(False, r.temp + fitting[1].total - fitting[1].temp, r.temp, r.hbm)
+
+    start = start if start in batches else batches[0]
+    hbm = at(start).hbm
     lines: list[Line] = []
-    low, best = None, (own, at(own))
-    if line is None:
-        i = batches.index(own)
-        other = batches[i - 1] if best[1].total > best[1].hbm / 2 and i > 0 else batches[min(i + 1, len(batches) - 1)]
-        if other != own:
-            low, best = sorted([best, (other, at(other))], key=lambda p: p[0])
-            if not best[1].fits:  # the upper point was rejected: the largest lies between the two
-                low, best = None, low
-            else:
-                line = Line.through(low, best)
-    probe = None  # a rejected batch and the memory it asked for, when nothing under the last line fitted
-    for _ in range(1 + refits if line is not None else 0):
-        if lines:
-            line = Line.through(best, probe) if probe is not None else Line.through(low, best)
+    low, best, nxt = None, ((start, at(start)) if at(start).fits else None), line
+    if best is None and line is not None:  # rejected here: the line from elsewhere before this slice's smallest
         lines.append(line)
-        b, tried = confirm(line.allows(best[1].hbm))
-        probe = None
+        b, _ = confirm(line.allows(hbm))
+        best = (b, at(b)) if b else None
+        nxt = Line.through(best, asked(start, best)) if b and at(b).total < refit_below * hbm else None
+    if best is None:
+        if not at(batches[0]).fits:
+            return Search(0, lines, [ln.allows(hbm) for ln in lines], measured)
+        best, nxt = (batches[0], at(batches[0])), None
+    if nxt is None and not (lines and best[0] > batches[0]):  # a line through this slice's own two points
+        i = batches.index(best[0])
+        other = batches[i - 1] if best[1].total > hbm / 2 and i > 0 else batches[min(i + 1, len(batches) - 1)]
+        if other != best[0]:
+            low, high = sorted([best, (other, at(other))], key=lambda p: p[0])
+            if high[1].fits:
+                low, best, nxt = low, high, Line.through(low, high)
+            else:  # the upper point was rejected: the largest lies between the two
+                best = low
+    while nxt is not None and len(lines) < 1 + refits:
+        lines.append(nxt)
+        b, tried = confirm(nxt.allows(hbm))
+        nxt = None
         if b > best[0]:
             low, best = best, (b, at(b))
-            if best[1].total >= refit_below * best[1].hbm:
-                break
+            if best[1].total < refit_below * hbm:
+                nxt = Line.through(low, best)
         elif not b and tried > best[0]:  # rejected: the compiler's temporaries say by how much
-            rejected = at(tried)
-            probe = (tried, Fit(False, rejected.temp + best[1].total - best[1].temp, rejected.temp, rejected.hbm))
-        else:
-            break
-    allowed = [ln.allows(best[1].hbm) for ln in lines]
+            nxt = Line.through(best, asked(tried, best))
+    allowed = [ln.allows(hbm) for ln in lines]
     if exact:
         best = (_bisect(batches, at, measured, best[0]), None)
     return Search(best[0], lines, allowed, measured)
