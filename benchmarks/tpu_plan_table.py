@@ -41,7 +41,6 @@ except ImportError:  # a source checkout without `pip install -e .`
     sys.path.insert(0, ROOT)
 
 from uamix_jax.train import batch_search, tpu_plan  # noqa: E402
-from uamix_jax.train.accelerators import slice_mesh  # noqa: E402
 from uamix_jax.train.plan_inputs import allowed_global_batches, batch_multiple  # noqa: E402
 
 TASKS = {  # task → (config file, variant)
@@ -120,6 +119,25 @@ def largest_per_chip(results: Results, config, task: str, dtype: str, slice_name
             "slope": last.slope, "confirmed": found.best}
 
 
+def largest_batches(results: Results, config, task: str, dtype: str, slices) -> None:
+    """'largest|task|dtype|slice' rows for `slices`: each chip's line is fitted on its first slice in FIT_ORDER (the
+    8-chip one, whose line includes the gradient all-reduce's buffers) and starts the search on its other slices."""
+    lines: dict[str, tuple[str, batch_search.Line]] = {}  # chip → (its first slice, the line fitted there)
+    for s in sorted(slices, key=lambda n: FIT_ORDER.index(n) if n in FIT_ORDER else len(FIT_ORDER)):
+        chip = tpu_plan.SLICES[s].chip
+        key = f"largest|{task}|{dtype}|{s}"
+        if key not in results.rows:
+            devices = results.get(config, task, dtype, s, config.train.global_batch)["devices"]
+            summary = largest_per_chip(results, config, task, dtype, s, devices,
+                                       lines[chip][1] if chip in lines else None)
+            results.rows[key] = {**summary, "config_batch": config.train.global_batch, "slice": s, "devices": devices,
+                                 **({"from": lines[chip][0]} if chip in lines else {})}
+            results.save()
+        row = results.rows[key]
+        if row.get("slope", 0) > 0:
+            lines.setdefault(chip, (s, batch_search.Line(row["fixed"], row["slope"])))
+
+
 def flops_per_sample(rows: dict) -> dict[tuple[str, str], float]:
     """{(task, dtype): FLOPs per clip} from the compiles in `rows` that report FLOPs (the step's FLOPs are the
     model's: XLA:GPU, which reports none without a device, takes them from the same step's TPU compiles)."""
@@ -191,20 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             config = configs[task]
             for s in slices:
                 results.get(config, task, dtype, s, config.train.global_batch)
-            lines: dict[str, tuple[str, batch_search.Line]] = {}  # chip → (its first slice, the line fitted there)
-            for s in sorted(slices, key=lambda n: FIT_ORDER.index(n) if n in FIT_ORDER else len(FIT_ORDER)):
-                devices = slice_mesh(s)[0].devices.size
-                chip = tpu_plan.SLICES[s].chip
-                key = f"largest|{task}|{dtype}|{s}"
-                if key not in results.rows:
-                    summary = largest_per_chip(results, config, task, dtype, s, devices,
-                                               lines[chip][1] if chip in lines else None)
-                    results.rows[key] = {**summary, "config_batch": config.train.global_batch, "slice": s,
-                                         **({"from": lines[chip][0]} if chip in lines else {})}
-                    results.save()
-                row = results.rows[key]
-                if row.get("slope", 0) > 0:
-                    lines.setdefault(chip, (s, batch_search.Line(row["fixed"], row["slope"])))
+            largest_batches(results, config, task, dtype, slices)
     batches = {task: load_config(task, dtypes[0], args.smoke).train.global_batch for task in tasks}
     per_sample = flops_per_sample(results.rows)
     if args.flops_from:

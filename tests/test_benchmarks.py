@@ -137,6 +137,33 @@ def test_tpu_table_largest_batch_fits_and_the_next_does_not(line):
     assert row["line"] == pytest.approx((30.75 - row["fixed"] / 2**30) / (row["slope"] / 2**30))
 
 
+@pytest.mark.parametrize("name", ["tpu_plan.json", "gpu_plan.json"])
+def test_tpu_tables_largest_batches_follow_from_their_compiles(name):
+    """Every largest batch per chip in benchmarks/tpu_plan.json and gpu_plan.json is what tpu_plan_table.py's search
+    gives from the compiles stored beside it, replayed without compiling (a compile it would need fails the test)."""
+    table = _script("tpu_plan_table")
+    stored = json.load(open(os.path.join(BENCHMARKS, name)))
+
+    class Stored(table.Results):
+        def __init__(self):
+            self.rows = {k: v for k, v in stored.items() if not k.startswith("largest|")}
+
+        def get(self, config, task, dtype, slice_name, global_batch):
+            return self.rows[f"{task}|{dtype}|{slice_name}|{global_batch}"]
+
+        def save(self):
+            pass
+
+    found = {tuple(k.split("|")[1:3]) for k in stored if k.startswith("largest|")}
+    assert len(found) >= 3, sorted(found)
+    results = Stored()
+    for task, dtype in sorted(found):
+        slices = [k.split("|")[3] for k in stored if k.startswith(f"largest|{task}|{dtype}|")]
+        table.largest_batches(results, table.load_config(task, dtype), task, dtype, slices)
+    replayed = {k: v["confirmed"] for k, v in results.rows.items() if k.startswith("largest|")}
+    assert replayed == {k: v["confirmed"] for k, v in stored.items() if k.startswith("largest|")}
+
+
 @pytest.mark.parametrize("task", ["pretrain", "stage1", "stage2", "finetune"])
 def test_config_docstrings_quote_the_tpu_tables_largest_batches(task):
     """Each config's docstring gives the largest batch per chip type in bfloat16 as benchmarks/tpu_plan.json has it
