@@ -148,7 +148,7 @@ def flops_per_sample(rows: dict) -> dict[tuple[str, str], float]:
     return out
 
 
-def markdown(results: Results, tasks, dtypes, slices, batches: dict[str, int],
+def markdown(results: Results, tasks, dtypes, slices, configs: dict,
              per_sample: dict[tuple[str, str], float] | None = None) -> str:
     """The table: one row per task and slice; per dtype, GiB per chip at the config's batch (fits?), the largest
     batch per chip, and the step-time floor at 100 % bf16 peak."""
@@ -162,7 +162,7 @@ def markdown(results: Results, tasks, dtypes, slices, batches: dict[str, int],
             for d in dtypes:
                 found = {int(k.split("|")[3]): v for k, v in rows.items() if k.startswith(f"{task}|{d}|{s}|")}
                 summary = rows.get(f"largest|{task}|{d}|{s}", {})
-                config_batch = batches[task]
+                config_batch = configs[task].train.global_batch
                 own = found.get(config_batch)
                 if own is None:
                     cells += ["…", "…", "…"]
@@ -172,7 +172,11 @@ def markdown(results: Results, tasks, dtypes, slices, batches: dict[str, int],
                         f"> {own['temp'] / tpu_plan.GIB:.0f} ✗"))
                 largest = summary.get("confirmed")
                 if largest is not None and summary.get("line"):
-                    largest = f"{largest} ({summary['line']:.0f})"
+                    # '≥': the line allowed the next batch the step takes, and no compile rejected it
+                    steps = per_chip_batches(configs[task], own["devices"], upto=int(summary["line"]) + 1)
+                    above = [b for b in steps if largest < b <= summary["line"]]
+                    loose = bool(above) and found.get(above[0] * own["devices"], {"fits": True})["fits"]
+                    largest = f"{'≥ ' if loose else ''}{largest} ({summary['line']:.0f})"
                 peak = tpu_plan.CHIPS[tpu_plan.SLICES[s].chip].bf16_flops
                 if own["flops"]:
                     floor = f"{own['floor_s'] * 1e3:.0f} ms"
@@ -181,7 +185,7 @@ def markdown(results: Results, tasks, dtypes, slices, batches: dict[str, int],
                 else:
                     floor = "–"
                 cells += [gib, "…" if largest is None else str(largest), floor]
-            lines.append(f"| {task} ({batches[task]}) | {s} | " + " | ".join(cells) + " |")
+            lines.append(f"| {task} ({configs[task].train.global_batch}) | {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -210,11 +214,11 @@ def main(argv: list[str] | None = None) -> None:
             for s in slices:
                 results.get(config, task, dtype, s, config.train.global_batch)
             largest_batches(results, config, task, dtype, slices)
-    batches = {task: load_config(task, dtypes[0], args.smoke).train.global_batch for task in tasks}
+    configs = {task: load_config(task, dtypes[0], args.smoke) for task in tasks}
     per_sample = flops_per_sample(results.rows)
     if args.flops_from:
         per_sample = {**flops_per_sample(json.load(open(args.flops_from))), **per_sample}
-    print(markdown(results, tasks, dtypes, slices, batches, per_sample))
+    print(markdown(results, tasks, dtypes, slices, configs, per_sample))
     print(f"tpu plan table: {len(results.rows)} entries in {args.out}, {time.perf_counter() - start:.0f} s")
 
 
