@@ -180,3 +180,16 @@ def test_config_docstrings_quote_the_tpu_tables_largest_batches(task):
     rows = json.load(open(os.path.join(BENCHMARKS, "tpu_plan.json")))
     for chip, batch in chips.items():
         assert rows[f"largest|{task}|bfloat16|{chip}-8"]["confirmed"] == int(batch), (name, chip)
+
+
+def test_readme_quotes_the_plan_tables():
+    """README's 'Will it fit?' figures are those of benchmarks/tpu_plan.json and gpu_plan.json."""
+    text = " ".join(open(os.path.join(ROOT, "README.md")).read().split())
+    tpu = json.load(open(os.path.join(BENCHMARKS, "tpu_plan.json")))
+    gpu = json.load(open(os.path.join(BENCHMARKS, "gpu_plan.json")))
+    gib = tpu["stage2|bfloat16|v5e-8|128"]["total"] / 2**30
+    assert f"takes {gib:.1f} GiB per chip on a v5e-8" in text
+    assert f"one v5e chip holds at most {tpu['largest|stage2|bfloat16|v5e-1']['confirmed']} clips" in text
+    f32, bf16 = (gpu[f"largest|pretrain|{d}|a100-80gb"]["confirmed"] for d in ("float32", "bfloat16"))
+    assert [gpu[f"largest|pretrain|{d}|h100-80gb"]["confirmed"] for d in ("float32", "bfloat16")] == [f32, bf16]
+    assert f"one 80 GB GPU takes {f32} clips in float32, {bf16} in bfloat16" in text
