@@ -50,13 +50,18 @@ class Line:
 
 @dataclasses.dataclass
 class Search:
-    """The largest batch found (0 when the smallest does not fit), the lines fitted on the way, the batch each
-    allowed, and every batch measured."""
+    """The largest batch found (0 when the smallest does not fit), the lines fitted on the way, every batch measured,
+    and the memory they were judged against."""
 
     best: int
     lines: list[Line]
-    allowed: list[float]
     measured: dict[int, Fit]
+    hbm: float
+
+    @property
+    def allowed(self) -> list[float]:
+        """The batch each line allowed under `hbm`."""
+        return [line.allows(self.hbm) for line in self.lines]
 
 
 def largest(batches: Sequence[int], measure: Callable[[int], Fit], *, start: int | None = None,
@@ -104,7 +109,7 @@ def largest(batches: Sequence[int], measure: Callable[[int], Fit], *, start: int
         nxt = Line.through(best, asked(start, best)) if b and at(b).total < refit_below * hbm else None
     if best is None:
         if not at(batches[0]).fits:
-            return Search(0, lines, [ln.allows(hbm) for ln in lines], measured)
+            return Search(0, lines, measured, hbm)
         best, nxt = (batches[0], at(batches[0])), None
     if nxt is None and not (lines and best[0] > batches[0]):  # a line through this slice's own two points
         i = batches.index(best[0])
@@ -112,7 +117,7 @@ def largest(batches: Sequence[int], measure: Callable[[int], Fit], *, start: int
         if other != best[0]:
             low, high = sorted([best, (other, at(other))], key=lambda p: p[0])
             if high[1].fits:
-                low, best, nxt = low, high, Line.through(low, high)
+                best, nxt = high, Line.through(low, high)
             else:  # the upper point was rejected: the largest lies between the two
                 best = low
     while nxt is not None and len(lines) < 1 + refits:
@@ -125,10 +130,7 @@ def largest(batches: Sequence[int], measure: Callable[[int], Fit], *, start: int
                 nxt = Line.through(low, best)
         elif not b and tried > best[0]:  # rejected: the compiler's temporaries say by how much
             nxt = Line.through(best, asked(tried, best))
-    allowed = [ln.allows(hbm) for ln in lines]
-    if exact:
-        best = (_bisect(batches, at, measured, best[0]), None)
-    return Search(best[0], lines, allowed, measured)
+    return Search(_bisect(batches, at, measured, best[0]) if exact else best[0], lines, measured, hbm)
 
 
 def _bisect(batches: list[int], at: Callable[[int], Fit], measured: dict[int, Fit], best: int) -> int:
