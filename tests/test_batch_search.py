@@ -73,3 +73,15 @@ def test_nothing_fits_and_one_batch():
     assert largest([8], _measure(MODELS["straight"], 15.75, []), exact=True).best == 8
     with pytest.raises(ValueError, match="no batch"):
         largest([], _measure(MODELS["straight"], 15.75, []))
+
+
+@pytest.mark.parametrize("refits", [0, 1])
+def test_unsettled_lines_end_in_bisection(refits):
+    """Without exact, when the refits run out while the last line's confirms were rejected (the curved model, where
+    every line overshoots), the bracket is still closed: the batch returned is the boundary, not the last fitting
+    batch a line happened to confirm."""
+    memory, calls = MODELS["curved"], []
+    found = largest(BATCHES, _measure(memory, 95.74, calls), start=32, refits=refits)
+    assert len(found.lines) == 1 + refits
+    assert found.best == max(b for b in BATCHES if memory(b) <= 95.74), (found.best, calls)
+    assert len(calls) == len(set(calls))

@@ -7,8 +7,10 @@ batches can misjudge a clip's cost either way (their fixed overheads weigh more)
 under `refit_below` of the memory, or both confirms were rejected, the line is fitted again through the largest batch
 known to fit and that compile, at most `refits` times. A rejected compile still says how much it asked for: the
 compiler names its temporaries, and the rest of the step (arguments, outputs, code) is the largest fitting one's.
-With `exact`, the bracket between the largest batch that fits and the smallest rejected one is then closed by
-bisection over the batches the step takes, so the answer is the boundary: it fits, the next one does not.
+The bracket between the largest batch that fits and the smallest rejected one is then closed by bisection over the
+batches the step takes, so that the answer is the boundary (it fits, the next one does not), when `exact` asks for it
+or when the refits ran out with the lines still unsettled (memory that bends as the step nears the chip's limit,
+where the compiler rematerialises or re-tiles, and every line overshoots).
 
 Written here, not taken from a library: no tuning library plans a compile-only search over an accelerator's memory.
 Pure Python, no JAX: `measure` compiles (uamix_jax.train.tpu_plan) or models memory (the tests).
@@ -70,7 +72,8 @@ def largest(batches: Sequence[int], measure: Callable[[int], Fit], *, start: int
 
     start: a batch to measure first (the config's own; default the smallest); the line's second point is its
     neighbour below when it uses over half the memory, above otherwise. line: a line fitted elsewhere (another slice
-    of the same chip: memory per chip against batch per chip), tried before any second point. `measure` is called at
+    of the same chip: memory per chip against batch per chip), tried before any second point. exact: bisect to the
+    boundary even after a line settled it (one or more compiles to reject the next batch). `measure` is called at
     most once per batch.
     """
     batches = list(batches)
@@ -130,7 +133,8 @@ def largest(batches: Sequence[int], measure: Callable[[int], Fit], *, start: int
                 nxt = Line.through(low, best)
         elif not b and tried > best[0]:  # rejected: the compiler's temporaries say by how much
             nxt = Line.through(best, asked(tried, best))
-    return Search(_bisect(batches, at, measured, best[0]) if exact else best[0], lines, measured, hbm)
+    unsettled = nxt is not None  # the refits ran out while the last confirm still asked for another line
+    return Search(_bisect(batches, at, measured, best[0]) if exact or unsettled else best[0], lines, measured, hbm)
 
 
 def _bisect(batches: list[int], at: Callable[[int], Fit], measured: dict[int, Fit], best: int) -> int:
