@@ -10,16 +10,18 @@ needed, no TPU):
 - the config's own global batch: bytes per chip, fits or not (a step that does not fit is rejected by the compiler,
   which names its temporaries), FLOPs per chip and the step-time floor at the chip's bf16 peak;
 - the largest batch per chip (`uamix_jax.train.batch_search.largest`, as `tools/plan_tpu.py --max-batch` finds it,
-  less its closing bisection): a straight line memory = fixed + per-sample · b through two compiles on the slice (the
-  config's batch when it fits, and half or twice it), rounded down to the batches the step takes (multiples of the
-  mix group; of 8 for pretraining), then confirmed by one compile (and one more, one batch lower, if it did not
-  fit); when the confirmed batch uses under 90 % of the chip's memory, or both were rejected (two small batches
-  misjudge a clip's cost), the line is fitted again through the largest batch that fits and that compile (a
-  rejected one by the temporaries the compiler asked for), at most twice more. The 8-chip slice of a chip fits the
-  line; the 1-chip slices of v5e and v6e start from it.
+  less the bisection that command always closes with): a straight line memory = fixed + per-sample · b through two
+  compiles on the slice (the config's batch when it fits, and half or twice it), rounded down to the batches the
+  step takes (multiples of the mix group; of 8 for pretraining), then confirmed by one compile (and one more, one
+  batch lower, if it did not fit); when the confirmed batch uses under 90 % of the chip's memory, or both were
+  rejected (two small batches misjudge a clip's cost), the line is fitted again through the largest batch that fits
+  and that compile (a rejected one by the temporaries the compiler asked for), at most twice more; when those lines
+  still leave it unsettled (memory that bends near the chip's limit), bisection closes the bracket. The 8-chip slice
+  of a chip fits the line; the 1-chip slices of v5e and v6e start from it.
 Every compile's result is written to --out as it finishes, so an interrupted run resumes where it stopped; the
-Markdown table is printed from that file at the end (cells not yet compiled show '…'). A ViT-B compile takes one
-to two minutes on a 2-core machine (a rejected one about 20 s): the full table is about 130 compiles.
+Markdown table is printed from that file at the end (cells not yet compiled show '…'). A ViT-B compile takes 1 to
+30 minutes on a 2-core machine (a rejected one under a minute; float32 on v6e the slowest): the full TPU table is
+about 150 compiles.
 `--smoke` runs the test-suite's stage-2 config ('test' ViT, T = 128) on v5e-1 into a temporary file: four compiles of
 about 30 s each.
 """
@@ -52,6 +54,7 @@ FIT_ORDER = ("v5e-8", "v6e-8", "v4-8", "v5p-8", "v5e-1", "v6e-1")
 PRETRAIN_MULTIPLE = 8  # pretraining has no mix group: its largest batch per chip is rounded to 8
 REFIT_BELOW = 0.9  # a confirmed batch using less of the chip's memory than this refits the line through it
 REFITS = 2  # at most this many lines after the first
+UPTO_PER_CHIP = 2048  # the largest batch per chip searched
 
 
 def load_config(task: str, dtype: str, smoke: bool = False):
@@ -65,10 +68,10 @@ def load_config(task: str, dtype: str, smoke: bool = False):
     return config
 
 
-def per_chip_batches(config, devices: int, upto: int = 2048) -> list[int]:
+def per_chip_batches(config, devices: int) -> list[int]:
     """Batches per chip the step takes on `devices` chips (uamix_jax.train.plan_inputs.allowed_global_batches;
     pretraining, which takes any, in multiples of 8), ascending."""
-    allowed = [b // devices for b in allowed_global_batches(config, devices, upto * devices)]
+    allowed = [b // devices for b in allowed_global_batches(config, devices, UPTO_PER_CHIP * devices)]
     return [b for b in allowed if b % PRETRAIN_MULTIPLE == 0] if batch_multiple(config) == 1 else allowed
 
 
@@ -172,11 +175,7 @@ def markdown(results: Results, tasks, dtypes, slices, configs: dict,
                         f"> {own['temp'] / tpu_plan.GIB:.0f} ✗"))
                 largest = summary.get("confirmed")
                 if largest is not None and summary.get("line"):
-                    # '≥': the line allowed the next batch the step takes, and no compile rejected it
-                    steps = per_chip_batches(configs[task], own["devices"], upto=int(summary["line"]) + 1)
-                    above = [b for b in steps if largest < b <= summary["line"]]
-                    loose = bool(above) and found.get(above[0] * own["devices"], {"fits": True})["fits"]
-                    largest = f"{'≥ ' if loose else ''}{largest} ({summary['line']:.0f})"
+                    largest = f"{largest} ({summary['line']:.0f})"
                 peak = tpu_plan.CHIPS[tpu_plan.SLICES[s].chip].bf16_flops
                 if own["flops"]:
                     floor = f"{own['floor_s'] * 1e3:.0f} ms"
