@@ -39,8 +39,8 @@ smoothing 0.1 and no mixup; SpecAugment 48 frequency bins / 192 frames at T = 10
 
 TPU memory per chip (audioset20k, ViT-B, T = 1024, --config.dtype=bfloat16; compiled by XLA:TPU with
 tools/plan_tpu.py, table in benchmarks/README.md): the batch of 32 takes 7.4 GiB on one v5e or v6e chip (Colab's
-TPUs) and under 3 GiB per chip on a v4-8, v5e-8, v5p-8 or v6e-8. The largest batch per chip (multiples of 4): v5e
-80, v6e 180, v4 208; v5p over 600 (XLA:TPU accepts 660 clips at 97.6 GiB of its 95.74 GiB limit; not confirmed).
+TPUs) and under 3 GiB per chip on a v4-8, v5e-8, v5p-8 or v6e-8. The largest batch per chip (multiples of 4) in
+bfloat16: v5e 80, v6e 180, v4 208, v5p 648; in float32 (the default): v5e 64, v6e 148, v4 108, v5p 348.
 python tools/plan_tpu.py --config=configs/finetune.py:audioset20k --topology=v5e-8 --max-batch
 """
 import ml_collections

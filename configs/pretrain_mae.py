@@ -17,9 +17,11 @@ Variants:
 
 TPU memory per chip (ViT-B, T = 1024, --config.dtype=bfloat16; compiled by XLA:TPU with tools/plan_tpu.py, table in
 benchmarks/README.md): AudioMAE's global batch of 512 fits a v6e-8 (25.4 GiB per chip) and a v5p-8 (45.8 GiB), not a
-v5e-8 or v4-8. The largest batch per chip (multiples of 8): v5e 40 (14.5 of its 15.75 GiB), v6e 72, v4 72, v5p 248;
-a v5e-8 takes at most 320 clips a step and a v4-8 288 (--config.train.global_batch=256; the lr follows
-batch / 256). For another slice or setting:
+v5e-8 or v4-8. The largest batch per chip (multiples of 8) in bfloat16: v5e 40 (14.5 of its 15.75 GiB), v6e 72, v4
+72, v5p 248; in float32 (the default): v5e 40, v6e 80, v4 72, v5p 288 (float32 fits as many clips or more here: the
+decoder's attention weights, the largest activations, are kept for the backward pass in float32 in both, and bfloat16
+keeps a bfloat16 copy besides). A v5e-8 takes at most 320 clips a step and a v4-8 288 in either
+(--config.train.global_batch=256; the lr follows batch / 256). For another slice or setting:
 python tools/plan_tpu.py --config=configs/pretrain_mae.py --topology=v5e-8 --max-batch
 """
 import ml_collections

@@ -9,8 +9,9 @@ Laptop demo (synthesised data, tiny ViT): python -m uamix_jax.main --config=conf
 TPU memory per chip (ViT-B, T = 1024, --config.dtype=bfloat16; compiled by XLA:TPU with tools/plan_tpu.py, table in
 benchmarks/README.md): the global batch of 512 takes 3.9 GiB per chip on a v5e-8, 3.3 on a v6e-8, 10.4 on a v4-8,
 10.5 on a v5p-8 and 23.3 GiB on a single v6e chip; a single v5e chip does not hold it (the compiler asks 46 GiB of
-temporaries). The largest batch per chip (a multiple of 16 that divides the 65,536-row queue): v5e 128 (10.5 of its
-15.75 GiB), v6e 512, v4 256, v5p 1024. For another slice or setting:
+temporaries). The largest batch per chip (a multiple of 16 that divides the 65,536-row queue) in bfloat16: v5e 128
+(10.5 of its 15.75 GiB), v6e 512, v4 256, v5p 1024; in float32 (the default): v5e 128, v6e 512, v4 128, v5p 512.
+For another slice or setting:
 python tools/plan_tpu.py --config=configs/stage1.py --topology=v5e-8 --max-batch
 """
 from uamix_jax.config_base import apply_tuning_demo, tuning_config

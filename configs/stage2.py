@@ -8,10 +8,10 @@ Laptop demo, stage 1 then stage 2 then few-shot on classes the tuning never sees
 
 TPU memory per chip (ViT-B, T = 1024, --config.dtype=bfloat16; compiled by XLA:TPU with tools/plan_tpu.py, table in
 benchmarks/README.md): the global batch of 128 takes 7.6 GiB on a v5e-8 and 8.0 GiB on a v6e-8 (16 clips per chip),
-16.0 GiB on a v4-8 or v5p-8 (32 per chip); the largest batch per chip: v5e 32 (14.7 of its 15.75 GiB), v6e 64,
-v4 32, v5p 128; a single v5e or v6e chip (Colab's TPUs) does not hold 128 clips (the compiler asks 43 / 37 GiB of
-temporaries): use 32 / 64 there. For another
-slice or setting: python tools/plan_tpu.py --config=configs/stage2.py --topology=v5e-8 --max-batch
+16.0 GiB on a v4-8 or v5p-8 (32 per chip); the largest batch per chip in bfloat16: v5e 32 (14.7 of its 15.75 GiB),
+v6e 64, v4 32, v5p 128; in float32 (the default), the same: v5e 32, v6e 64, v4 32, v5p 128. A single v5e or v6e
+chip (Colab's TPUs) does not hold 128 clips (the compiler asks 43 / 37 GiB of temporaries): use 32 / 64 there. For
+another slice or setting: python tools/plan_tpu.py --config=configs/stage2.py --topology=v5e-8 --max-batch
 """
 from uamix_jax.config_base import apply_tuning_demo, tuning_config
 

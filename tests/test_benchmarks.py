@@ -166,20 +166,22 @@ def test_tpu_tables_largest_batches_follow_from_their_compiles(name):
 
 @pytest.mark.parametrize("task", ["pretrain", "stage1", "stage2", "finetune"])
 def test_config_docstrings_quote_the_tpu_tables_largest_batches(task):
-    """Each config's docstring gives the largest batch per chip type in bfloat16 as benchmarks/tpu_plan.json has it
-    (confirmed by a compile on the 8-chip slice of that chip)."""
+    """Each config's docstring gives the largest batch per chip type in bfloat16 and in float32 as
+    benchmarks/tpu_plan.json has it (confirmed by a compile on the 8-chip slice of that chip)."""
     table = _script("tpu_plan_table")
     name = table.TASKS[task][0]
     spec = importlib.util.spec_from_file_location(f"doc_{task}", os.path.join(ROOT, "configs", name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     text = " ".join(module.__doc__.split())
-    quoted = re.search(r"largest batch per chip[^:]*: (.*?)(?:\.\s|;|$)", text).group(1)
-    chips = dict(re.findall(r"\b(v5e|v6e|v4|v5p) (\d+)", quoted))
-    assert {"v5e", "v6e", "v4"} <= set(chips), quoted
     rows = json.load(open(os.path.join(BENCHMARKS, "tpu_plan.json")))
-    for chip, batch in chips.items():
-        assert rows[f"largest|{task}|bfloat16|{chip}-8"]["confirmed"] == int(batch), (name, chip)
+    largest = text[text.index("largest batch per chip"):]
+    for dtype in ("bfloat16", "float32"):
+        quoted = re.search(rf"{dtype}[^:]*: (.*?)(?:\.\s|;|$)", largest).group(1)
+        chips = dict(re.findall(r"\b(v5e|v6e|v4|v5p) (\d+)", quoted))
+        assert set(chips) == {"v5e", "v6e", "v4", "v5p"}, (name, dtype, quoted)
+        for chip, batch in chips.items():
+            assert rows[f"largest|{task}|{dtype}|{chip}-8"]["confirmed"] == int(batch), (name, dtype, chip)
 
 
 def test_readme_quotes_the_plan_tables():
