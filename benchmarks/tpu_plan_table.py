@@ -151,7 +151,7 @@ def flops_per_sample(rows: dict) -> dict[tuple[str, str], float]:
     return out
 
 
-def markdown(results: Results, tasks, dtypes, slices, configs: dict,
+def markdown(results: Results, tasks, dtypes, slices, batches: dict[str, int],
              per_sample: dict[tuple[str, str], float] | None = None) -> str:
     """The table: one row per task and slice; per dtype, GiB per chip at the config's batch (fits?), the largest
     batch per chip, and the step-time floor at 100 % bf16 peak."""
@@ -163,10 +163,8 @@ def markdown(results: Results, tasks, dtypes, slices, configs: dict,
         for s in slices:
             cells = []
             for d in dtypes:
-                found = {int(k.split("|")[3]): v for k, v in rows.items() if k.startswith(f"{task}|{d}|{s}|")}
                 summary = rows.get(f"largest|{task}|{d}|{s}", {})
-                config_batch = configs[task].train.global_batch
-                own = found.get(config_batch)
+                own = rows.get(f"{task}|{d}|{s}|{batches[task]}")
                 if own is None:
                     cells += ["…", "…", "…"]
                     continue
@@ -184,7 +182,7 @@ def markdown(results: Results, tasks, dtypes, slices, configs: dict,
                 else:
                     floor = "–"
                 cells += [gib, "…" if largest is None else str(largest), floor]
-            lines.append(f"| {task} ({configs[task].train.global_batch}) | {s} | " + " | ".join(cells) + " |")
+            lines.append(f"| {task} ({batches[task]}) | {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -213,11 +211,11 @@ def main(argv: list[str] | None = None) -> None:
             for s in slices:
                 results.get(config, task, dtype, s, config.train.global_batch)
             largest_batches(results, config, task, dtype, slices)
-    configs = {task: load_config(task, dtypes[0], args.smoke) for task in tasks}
+    batches = {task: load_config(task, dtypes[0], args.smoke).train.global_batch for task in tasks}
     per_sample = flops_per_sample(results.rows)
     if args.flops_from:
         per_sample = {**flops_per_sample(json.load(open(args.flops_from))), **per_sample}
-    print(markdown(results, tasks, dtypes, slices, configs, per_sample))
+    print(markdown(results, tasks, dtypes, slices, batches, per_sample))
     print(f"tpu plan table: {len(results.rows)} entries in {args.out}, {time.perf_counter() - start:.0f} s")
 
 
